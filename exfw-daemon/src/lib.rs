@@ -1,0 +1,8 @@
+//! exfw: an XDP firewall for Exchange organisations. This library holds everything the `exfw`
+//! binary does, so the integration tests and benchmarks drive the same code.
+
+pub mod dataplane;
+pub mod policy;
+
+/// The XDP object built from exfw-ebpf by the build script.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("EXFW_EBPF_OBJECT"));

@@ -1,0 +1,392 @@
+//! The policy value shared by the kernel data plane and the reference classifier.
+//!
+//! A [`Policy`] is what the role-model compiler produces and what the data plane writes into its
+//! maps: address classes (with the protected and trusted flags), rules keyed by destination class,
+//! protocol and port range with a set of source classes, the mode and the timeouts.
+
+mod classify;
+
+use std::{collections::BTreeSet, collections::HashMap, time::Duration};
+
+pub use classify::{Counters, Outcome, Reference};
+use exfw_common::{CLASS_EXTERNAL, limits};
+pub use exfw_common::{Reason, Verdict};
+use ipnet::IpNet;
+
+/// Enforce drops what the policy denies; audit passes it and counts it as would-drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Drop what no rule allows.
+    #[default]
+    Enforce,
+    /// Pass everything; count what enforce would drop.
+    Audit,
+}
+
+/// How long state lives in the kernel tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Idle lifetime of a TCP flow entry.
+    pub tcp: Duration,
+    /// Idle lifetime of a UDP flow entry.
+    pub udp: Duration,
+    /// Idle lifetime of other flow entries (ICMP echo, other protocols).
+    pub other: Duration,
+    /// Lifetime of a first fragment's cached verdict.
+    pub fragment: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp: Duration::from_secs(3600),
+            udp: Duration::from_secs(60),
+            other: Duration::from_secs(60),
+            fragment: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A group of addresses that share a role: what rules name as source and destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Class {
+    /// Class id, 1.. (0 is the implicit "external" class).
+    pub id: u16,
+    /// Name for explanations and metric labels (for example the role).
+    pub name: String,
+    /// Traffic to or from these hosts is subject to the policy.
+    pub protected: bool,
+    /// Trusted classes pass to each other on every port and protocol.
+    pub trusted: bool,
+    /// The addresses.
+    pub prefixes: Vec<IpNet>,
+}
+
+/// An inclusive range of destination ports (ICMP: types; other protocols: 0..=65535).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port, inclusive.
+    pub last: u16,
+}
+
+impl PortRange {
+    /// A single port.
+    pub const fn single(port: u16) -> Self {
+        PortRange {
+            first: port,
+            last: port,
+        }
+    }
+    /// Every port.
+    pub const ANY: PortRange = PortRange {
+        first: 0,
+        last: u16::MAX,
+    };
+    /// True when `port` is inside.
+    pub fn contains(&self, port: u16) -> bool {
+        self.first <= port && port <= self.last
+    }
+    /// Number of ports inside.
+    pub fn width(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+}
+
+/// Traffic that passes: from any of `src_classes` to `dst_class` on `proto` and `ports`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Stable identity and counter slot, `0..MAX_RULES`.
+    pub id: u32,
+    /// Service name (https, smtp-inbound, ...).
+    pub service: String,
+    /// Destination class.
+    pub dst_class: u16,
+    /// Source classes (0 = external).
+    pub src_classes: BTreeSet<u16>,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Destination ports (ICMP types for ICMP).
+    pub ports: PortRange,
+}
+
+/// A complete policy: everything one generation of the data plane holds.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Policy {
+    /// Enforce or audit.
+    pub mode: Mode,
+    /// Flow and fragment lifetimes.
+    pub timeouts: Timeouts,
+    /// Address classes; unlisted addresses are external.
+    pub classes: Vec<Class>,
+    /// The allowlist.
+    pub rules: Vec<Rule>,
+}
+
+/// A policy that cannot be written to the data plane.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    /// Class ids start at 1.
+    #[error("class `{0}` uses id 0, which is reserved for external addresses")]
+    ReservedClassId(String),
+    /// Two classes share an id.
+    #[error("class id {0} is used twice")]
+    DuplicateClassId(u16),
+    /// The same prefix belongs to two classes.
+    #[error("prefix {prefix} is in both class `{first}` and class `{second}`")]
+    DuplicatePrefix {
+        /// The prefix.
+        prefix: IpNet,
+        /// One class.
+        first: String,
+        /// The other class.
+        second: String,
+    },
+    /// Too many prefixes for the kernel tables.
+    #[error("{count} prefixes exceed the limit of {limit} per address family")]
+    TooManyPrefixes {
+        /// How many.
+        count: usize,
+        /// The limit.
+        limit: u32,
+    },
+    /// Rule id outside the counter table.
+    #[error("rule `{service}` has id {id}; ids must be below {limit}")]
+    RuleIdOutOfRange {
+        /// The rule's service.
+        service: String,
+        /// Its id.
+        id: u32,
+        /// The limit.
+        limit: u32,
+    },
+    /// Two rules share an id.
+    #[error("rule id {0} is used twice")]
+    DuplicateRuleId(u32),
+    /// A rule names a class that does not exist.
+    #[error("rule `{service}` names class {class}, which is not defined")]
+    UnknownClass {
+        /// The rule's service.
+        service: String,
+        /// The class id.
+        class: u16,
+    },
+    /// A rule with first > last.
+    #[error("rule `{service}` has the empty port range {first}-{last}")]
+    EmptyPortRange {
+        /// The rule's service.
+        service: String,
+        /// First port.
+        first: u16,
+        /// Last port.
+        last: u16,
+    },
+    /// A rule with no sources.
+    #[error("rule `{0}` has no source class")]
+    NoSources(String),
+}
+
+impl Policy {
+    /// Checks everything the data plane relies on.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let mut names: HashMap<u16, &str> = HashMap::new();
+        let mut prefixes: HashMap<IpNet, &str> = HashMap::new();
+        let (mut v4, mut v6) = (0usize, 0usize);
+        for class in &self.classes {
+            if class.id == CLASS_EXTERNAL {
+                return Err(PolicyError::ReservedClassId(class.name.clone()));
+            }
+            if names.insert(class.id, &class.name).is_some() {
+                return Err(PolicyError::DuplicateClassId(class.id));
+            }
+            for prefix in &class.prefixes {
+                let prefix = prefix.trunc();
+                if let Some(first) = prefixes.insert(prefix, &class.name) {
+                    return Err(PolicyError::DuplicatePrefix {
+                        prefix,
+                        first: first.to_string(),
+                        second: class.name.clone(),
+                    });
+                }
+                match prefix {
+                    IpNet::V4(_) => v4 += 1,
+                    IpNet::V6(_) => v6 += 1,
+                }
+            }
+        }
+        // Two generations live in the tables during a swap.
+        let limit = limits::MAX_CLASS_PREFIXES / 2;
+        if v4.max(v6) > limit as usize {
+            return Err(PolicyError::TooManyPrefixes {
+                count: v4.max(v6),
+                limit,
+            });
+        }
+        let mut ids = BTreeSet::new();
+        for rule in &self.rules {
+            if rule.id >= limits::MAX_RULES {
+                return Err(PolicyError::RuleIdOutOfRange {
+                    service: rule.service.clone(),
+                    id: rule.id,
+                    limit: limits::MAX_RULES,
+                });
+            }
+            if !ids.insert(rule.id) {
+                return Err(PolicyError::DuplicateRuleId(rule.id));
+            }
+            if rule.ports.first > rule.ports.last {
+                return Err(PolicyError::EmptyPortRange {
+                    service: rule.service.clone(),
+                    first: rule.ports.first,
+                    last: rule.ports.last,
+                });
+            }
+            if rule.src_classes.is_empty() {
+                return Err(PolicyError::NoSources(rule.service.clone()));
+            }
+            for class in std::iter::once(rule.dst_class).chain(rule.src_classes.iter().copied()) {
+                if class != CLASS_EXTERNAL && !names.contains_key(&class) {
+                    return Err(PolicyError::UnknownClass {
+                        service: rule.service.clone(),
+                        class,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The class with this id.
+    pub fn class(&self, id: u16) -> Option<&Class> {
+        self.classes.iter().find(|c| c.id == id)
+    }
+
+    /// The rule with this id.
+    pub fn rule(&self, id: u32) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+
+    /// A class's name, "external" for id 0.
+    pub fn class_name(&self, id: u16) -> &str {
+        self.class(id).map_or("external", |c| c.name.as_str())
+    }
+
+    /// The rule that decides traffic from `src` to `dst` on `proto`/`port`: among the rules that
+    /// match, the one with the narrowest port range, then the lowest id.
+    pub fn matching_rule(&self, src: u16, dst: u16, proto: u8, port: u16) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .filter(|r| {
+                r.dst_class == dst
+                    && r.proto == proto
+                    && r.ports.contains(port)
+                    && r.src_classes.contains(&src)
+            })
+            .min_by_key(|r| (r.ports.width(), r.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(id: u16, name: &str, prefixes: &[&str]) -> Class {
+        Class {
+            id,
+            name: name.into(),
+            protected: true,
+            trusted: false,
+            prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+        }
+    }
+
+    fn rule(id: u32, dst: u16, src: &[u16], ports: PortRange) -> Rule {
+        Rule {
+            id,
+            service: format!("r{id}"),
+            dst_class: dst,
+            src_classes: src.iter().copied().collect(),
+            proto: 6,
+            ports,
+        }
+    }
+
+    #[test]
+    fn validate_rejects_each_inconsistency() {
+        let ok = Policy {
+            classes: vec![class(1, "cas", &["192.0.2.0/24"])],
+            rules: vec![rule(0, 1, &[0], PortRange::single(443))],
+            ..Default::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let mut p = ok.clone();
+        p.classes.push(class(1, "again", &[]));
+        assert_eq!(p.validate(), Err(PolicyError::DuplicateClassId(1)));
+        let mut p = ok.clone();
+        p.classes.push(class(2, "dup", &["192.0.2.7/24"]));
+        assert!(matches!(
+            p.validate(),
+            Err(PolicyError::DuplicatePrefix { .. })
+        ));
+        let mut p = ok.clone();
+        p.rules.push(rule(0, 1, &[0], PortRange::single(80)));
+        assert_eq!(p.validate(), Err(PolicyError::DuplicateRuleId(0)));
+        let mut p = ok.clone();
+        p.rules.push(rule(1, 9, &[0], PortRange::single(80)));
+        assert!(matches!(
+            p.validate(),
+            Err(PolicyError::UnknownClass { class: 9, .. })
+        ));
+        let mut p = ok.clone();
+        p.rules
+            .push(rule(1, 1, &[0], PortRange { first: 9, last: 8 }));
+        assert!(matches!(
+            p.validate(),
+            Err(PolicyError::EmptyPortRange { .. })
+        ));
+        let mut p = ok.clone();
+        p.rules
+            .push(rule(limits::MAX_RULES, 1, &[0], PortRange::ANY));
+        assert!(matches!(
+            p.validate(),
+            Err(PolicyError::RuleIdOutOfRange { .. })
+        ));
+        let mut p = ok;
+        p.classes.push(class(0, "zero", &[]));
+        assert!(matches!(p.validate(), Err(PolicyError::ReservedClassId(_))));
+    }
+
+    #[test]
+    fn narrowest_range_then_lowest_id_wins() {
+        let p = Policy {
+            classes: vec![class(1, "cas", &["192.0.2.0/24"])],
+            rules: vec![
+                rule(
+                    5,
+                    1,
+                    &[0],
+                    PortRange {
+                        first: 1000,
+                        last: 2000,
+                    },
+                ),
+                rule(3, 1, &[0], PortRange::single(1500)),
+                rule(
+                    2,
+                    1,
+                    &[0, 1],
+                    PortRange {
+                        first: 1000,
+                        last: 2000,
+                    },
+                ),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(p.matching_rule(0, 1, 6, 1500).unwrap().id, 3);
+        assert_eq!(p.matching_rule(0, 1, 6, 1501).unwrap().id, 2);
+        assert_eq!(p.matching_rule(1, 1, 6, 1501).unwrap().id, 2);
+        assert!(p.matching_rule(1, 1, 17, 1501).is_none());
+    }
+}
