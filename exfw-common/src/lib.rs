@@ -515,7 +515,7 @@ pub struct DropEvent {
     /// Outer VLAN id, or 0 when untagged.
     pub vlan: u16,
     /// Zero.
-    pub pad: [u8; 6],
+    pub pad: [u8; 10],
 }
 
 #[cfg(feature = "user")]
@@ -554,7 +554,7 @@ mod tests {
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(size_of::<FragValue>(), 16);
         assert_eq!(size_of::<DropKey>(), 8);
-        assert_eq!(size_of::<DropEvent>(), 8 + 32 + 4 + 4 + 4 + 4 + 4 + 8);
+        assert_eq!(size_of::<DropEvent>(), 8 + 32 + 4 + 4 + 4 + 4 + 4 + 2 + 10);
     }
 
     #[test]

@@ -679,7 +679,7 @@ fn sample(
                 ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
                 len: len as u32,
                 vlan: pkt.vlan,
-                pad: [0; 6],
+                pad: [0; 10],
             });
             entry.submit(0);
             bump_event_stat(event_stat::SAMPLED);
