@@ -1,1 +1,159 @@
-fn main() {}
+//! `cargo xtask`: everything that is not a plain `cargo build`.
+//!
+//! Every command first runs the same idempotent setup (Debian packages, bpf-linker, bpffs), so a
+//! fresh machine needs no manual step.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the build and the tests need. Debian's rustc ships a prebuilt `core` for
+/// bpfel-unknown-none (libstd-rust-web-dev-bpf); llvm-22 is what bpf-linker 0.13 links against.
+const PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "iproute2",
+    "ethtool",
+    "bpftool",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+#[derive(Parser)]
+#[command(about = "Build, test and benchmark exfw")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build needs (idempotent; quiet when everything is present).
+    Setup,
+    /// Build the XDP object (Debian's rustc) and the `exfw` binary (rustup's stable), release.
+    Build,
+    /// Check formatting and lints, then run every test as root (unit, BPF_PROG_TEST_RUN, netns).
+    Test {
+        /// Arguments passed to `cargo test` after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the data-plane benchmarks; prints a table and writes target/bench/dataplane.json.
+    Bench,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    env::set_current_dir(&root)?;
+    setup()?;
+    match cli.command {
+        Cmd::Setup => Ok(()),
+        Cmd::Build => build(),
+        Cmd::Test { args } => test(&args),
+        Cmd::Bench => bench(),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
+}
+
+fn cargo_bin() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+        .join("bin")
+}
+
+/// Installs missing Debian packages and bpf-linker, and mounts bpffs.
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]).stderr(Stdio::null()).output();
+            !out.is_ok_and(|o| o.stdout.ends_with(b"install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing Debian packages {missing:?}: run `cargo xtask setup` as root");
+        }
+        eprintln!("xtask setup: installing {}", missing.join(" "));
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let linker = cargo_bin().join("bpf-linker");
+    let have = Command::new(&linker).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if !have.as_deref().is_ok_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against llvm-22 (about 90 s)");
+        run(Command::new("cargo")
+            .args(["install", "--quiet", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if !mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")) && is_root() {
+        eprintln!("xtask setup: mounting bpffs on /sys/fs/bpf");
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "exfw-daemon"]))?;
+    eprintln!("built target/release/exfw (XDP object: target/ebpf/bpfel-unknown-none/release/exfw)");
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the tests load BPF programs and create network namespaces: run `cargo xtask test` as root");
+    }
+    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    run(Command::new("cargo").args(["fmt", "--manifest-path", "exfw-ebpf/Cargo.toml", "--", "--check"]))?;
+    run(Command::new("cargo").args(["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(Command::new("cargo").args(["test", "--locked", "--workspace"]).arg("--").args(args))
+}
+
+fn bench() -> Result<()> {
+    fs::create_dir_all("target/bench")?;
+    run(Command::new("cargo").args([
+        "run",
+        "--quiet",
+        "--release",
+        "--locked",
+        "-p",
+        "exfw-tests",
+        "--bin",
+        "exfw-bench",
+        "--",
+        "target/bench/dataplane.json",
+    ]))
+}
