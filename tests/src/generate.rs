@@ -48,8 +48,9 @@ pub fn policy(rng: &mut StdRng) -> Policy {
                 PortRange { first, last }
             }
         };
-        let mut src_classes: std::collections::BTreeSet<u16> =
-            (0..rng.random_range(1..=3)).map(|_| rng.random_range(0..=count)).collect();
+        let mut src_classes: std::collections::BTreeSet<u16> = (0..rng.random_range(1..=3))
+            .map(|_| rng.random_range(0..=count))
+            .collect();
         if src_classes.is_empty() {
             src_classes.insert(0);
         }
@@ -63,7 +64,11 @@ pub fn policy(rng: &mut StdRng) -> Policy {
         });
     }
     Policy {
-        mode: if rng.random_bool(0.25) { Mode::Audit } else { Mode::Enforce },
+        mode: if rng.random_bool(0.25) {
+            Mode::Audit
+        } else {
+            Mode::Enforce
+        },
         timeouts: Timeouts::default(),
         classes,
         rules,
@@ -73,13 +78,25 @@ pub fn policy(rng: &mut StdRng) -> Policy {
 fn random_prefix(rng: &mut StdRng) -> IpNet {
     let net: IpNet = match rng.random_range(0..6) {
         0 => "192.0.2.0/24".parse().unwrap(),
-        1 => format!("192.0.2.{}/28", 16 * rng.random_range(0..16)).parse().unwrap(),
-        2 => format!("192.0.2.{}/32", rng.random_range(0..=255)).parse().unwrap(),
-        3 => format!("198.51.100.{}/32", rng.random_range(0..=255)).parse().unwrap(),
-        4 => format!("2001:db8:{:x}::/48", rng.random_range(0..8)).parse().unwrap(),
-        _ => format!("2001:db8:{:x}::{:x}/128", rng.random_range(0..8), rng.random_range(0..64))
+        1 => format!("192.0.2.{}/28", 16 * rng.random_range(0..16))
             .parse()
             .unwrap(),
+        2 => format!("192.0.2.{}/32", rng.random_range(0..=255))
+            .parse()
+            .unwrap(),
+        3 => format!("198.51.100.{}/32", rng.random_range(0..=255))
+            .parse()
+            .unwrap(),
+        4 => format!("2001:db8:{:x}::/48", rng.random_range(0..8))
+            .parse()
+            .unwrap(),
+        _ => format!(
+            "2001:db8:{:x}::{:x}/128",
+            rng.random_range(0..8),
+            rng.random_range(0..64)
+        )
+        .parse()
+        .unwrap(),
     };
     net.trunc()
 }
@@ -107,7 +124,16 @@ fn address(rng: &mut StdRng, policy: &Policy, v6: bool) -> IpAddr {
         };
     }
     if v6 {
-        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, rng.random_range(1..32)))
+        IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0xffff,
+            0,
+            0,
+            0,
+            0,
+            rng.random_range(1..32),
+        ))
     } else {
         IpAddr::V4(Ipv4Addr::new(203, 0, 113, rng.random_range(1..32)))
     }
@@ -130,28 +156,55 @@ pub fn spec(rng: &mut StdRng, policy: &Policy) -> Spec {
             sport: rng.random_range(1024..=65535),
             dport: port(rng, policy),
             flags: *[0x02u8, 0x10, 0x12, 0x18, 0x11, 0x04].choose(rng).unwrap(),
-            data_offset: if rng.random_bool(0.8) { 5 } else { rng.random_range(6..=15) },
+            data_offset: if rng.random_bool(0.8) {
+                5
+            } else {
+                rng.random_range(6..=15)
+            },
         },
-        5..=7 => L4::Udp { sport: rng.random_range(1024..=65535), dport: port(rng, policy), length: None },
+        5..=7 => L4::Udp {
+            sport: rng.random_range(1024..=65535),
+            dport: port(rng, policy),
+            length: None,
+        },
         8 => {
-            let kinds: &[u8] = if v6 { &[128, 129, 2, 135, 136, 1, 3] } else { &[8, 0, 3, 11, 5] };
-            L4::Icmp { kind: *kinds.choose(rng).unwrap(), code: rng.random_range(0..5), id: rng.random() }
+            let kinds: &[u8] = if v6 {
+                &[128, 129, 2, 135, 136, 1, 3]
+            } else {
+                &[8, 0, 3, 11, 5]
+            };
+            L4::Icmp {
+                kind: *kinds.choose(rng).unwrap(),
+                code: rng.random_range(0..5),
+                id: rng.random(),
+            }
         }
-        _ => L4::Other { proto: *[47u8, 50, 132, 89].choose(rng).unwrap() },
+        _ => L4::Other {
+            proto: *[47u8, 50, 132, 89].choose(rng).unwrap(),
+        },
     };
     let mut vlans = Vec::new();
     if rng.random_bool(0.25) {
         for _ in 0..rng.random_range(1..=2) {
-            vlans.push((*[0x8100u16, 0x88a8].choose(rng).unwrap(), rng.random_range(1..4095)));
+            vlans.push((
+                *[0x8100u16, 0x88a8].choose(rng).unwrap(),
+                rng.random_range(1..4095),
+            ));
         }
     }
     let mut exts = Vec::new();
     if v6 && rng.random_bool(0.3) {
         for i in 0..rng.random_range(1..=3) {
             exts.push(match rng.random_range(0..3) {
-                0 if i == 0 => Ext::HopByHop { len: rng.random_range(0..3) },
-                1 => Ext::Routing { len: rng.random_range(0..3) },
-                _ => Ext::DestOpts { len: rng.random_range(0..3) },
+                0 if i == 0 => Ext::HopByHop {
+                    len: rng.random_range(0..3),
+                },
+                1 => Ext::Routing {
+                    len: rng.random_range(0..3),
+                },
+                _ => Ext::DestOpts {
+                    len: rng.random_range(0..3),
+                },
             });
         }
     }
@@ -159,7 +212,11 @@ pub fn spec(rng: &mut StdRng, policy: &Policy) -> Spec {
         vlans,
         src: address(rng, policy, v6),
         dst: address(rng, policy, v6),
-        ipv4_option_words: if !v6 && rng.random_bool(0.15) { rng.random_range(1..=10) } else { 0 },
+        ipv4_option_words: if !v6 && rng.random_bool(0.15) {
+            rng.random_range(1..=10)
+        } else {
+            0
+        },
         exts,
         fragment: None,
         l4,
@@ -193,7 +250,13 @@ pub struct Stream<'a> {
 impl<'a> Stream<'a> {
     /// A stream of frames aimed at `policy`.
     pub fn new(rng: &'a mut StdRng, policy: Policy) -> Self {
-        Stream { rng, policy, recent: Vec::new(), pending: Vec::new(), next_id: 1 }
+        Stream {
+            rng,
+            policy,
+            recent: Vec::new(),
+            pending: Vec::new(),
+            next_id: 1,
+        }
     }
 
     /// Aims later frames at another policy (after a generation flip).
@@ -219,11 +282,19 @@ impl<'a> Stream<'a> {
             15..=26 => {
                 let id = self.next_id;
                 self.next_id += 1;
-                spec.fragment = Some(Fragment { id, offset: 0, more: true });
+                spec.fragment = Some(Fragment {
+                    id,
+                    offset: 0,
+                    more: true,
+                });
                 spec.payload = 16;
                 let first = build(&spec);
                 let mut later_spec = spec.clone();
-                later_spec.fragment = Some(Fragment { id, offset: rng.random_range(3..200), more: rng.random_bool(0.3) });
+                later_spec.fragment = Some(Fragment {
+                    id,
+                    offset: rng.random_range(3..200),
+                    more: rng.random_bool(0.3),
+                });
                 later_spec.payload = rng.random_range(8..64);
                 let later = build(&later_spec).bytes;
                 let first_bytes = if rng.random_bool(0.15) {
@@ -263,8 +334,12 @@ impl<'a> Stream<'a> {
                 let b = &mut frame.bytes;
                 match (spec.src.is_ipv6(), rng.random_range(0..3)) {
                     (false, 0) => b[l3] = (b[l3] & 0xf0) | rng.random_range(0..16),
-                    (true, 0) => b[l3 + 4..l3 + 6].copy_from_slice(&rng.random::<u16>().to_be_bytes()),
-                    (false, 1) => b[l3 + 2..l3 + 4].copy_from_slice(&rng.random::<u16>().to_be_bytes()),
+                    (true, 0) => {
+                        b[l3 + 4..l3 + 6].copy_from_slice(&rng.random::<u16>().to_be_bytes())
+                    }
+                    (false, 1) => {
+                        b[l3 + 2..l3 + 4].copy_from_slice(&rng.random::<u16>().to_be_bytes())
+                    }
                     (_, 1) => b[l3] = (rng.random_range(0..16u8) << 4) | (b[l3] & 0x0f),
                     _ => {
                         let i = rng.random_range(l3..b.len());
@@ -275,8 +350,12 @@ impl<'a> Stream<'a> {
             }
             // Random bytes, sometimes behind a plausible ethertype.
             49..=54 => {
-                let mut b: Vec<u8> = (0..rng.random_range(14..200)).map(|_| rng.random()).collect();
-                let ethertype = *[0x0800u16, 0x86dd, 0x8100, 0x88a8, 0x0806].choose(rng).unwrap();
+                let mut b: Vec<u8> = (0..rng.random_range(14..200))
+                    .map(|_| rng.random())
+                    .collect();
+                let ethertype = *[0x0800u16, 0x86dd, 0x8100, 0x88a8, 0x0806]
+                    .choose(rng)
+                    .unwrap();
                 if rng.random_bool(0.8) {
                     b[12..14].copy_from_slice(&ethertype.to_be_bytes());
                 }

@@ -7,9 +7,18 @@ use std::net::IpAddr;
 #[derive(Clone, Debug)]
 pub enum L4 {
     /// TCP with flags (0x02 SYN, 0x10 ACK) and a data offset in words (5 = no options).
-    Tcp { sport: u16, dport: u16, flags: u8, data_offset: u8 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        data_offset: u8,
+    },
     /// UDP; `length` overrides the computed length field.
-    Udp { sport: u16, dport: u16, length: Option<u16> },
+    Udp {
+        sport: u16,
+        dport: u16,
+        length: Option<u16>,
+    },
     /// ICMP or ICMPv6 (chosen by the IP family).
     Icmp { kind: u8, code: u8, id: u16 },
     /// Any other protocol number, no header.
@@ -36,17 +45,37 @@ impl L4 {
     /// The same transport header for the reply direction.
     pub fn reversed(&self) -> L4 {
         match self.clone() {
-            L4::Tcp { sport, dport, data_offset, .. } => {
-                L4::Tcp { sport: dport, dport: sport, flags: 0x12, data_offset }
-            }
-            L4::Udp { sport, dport, length } => L4::Udp { sport: dport, dport: sport, length },
+            L4::Tcp {
+                sport,
+                dport,
+                data_offset,
+                ..
+            } => L4::Tcp {
+                sport: dport,
+                dport: sport,
+                flags: 0x12,
+                data_offset,
+            },
+            L4::Udp {
+                sport,
+                dport,
+                length,
+            } => L4::Udp {
+                sport: dport,
+                dport: sport,
+                length,
+            },
             L4::Icmp { kind, code, id } => {
                 let reply = match kind {
                     8 => 0,
                     128 => 129,
                     k => k,
                 };
-                L4::Icmp { kind: reply, code, id }
+                L4::Icmp {
+                    kind: reply,
+                    code,
+                    id,
+                }
             }
             other => other,
         }
@@ -99,7 +128,13 @@ pub struct Spec {
 impl Spec {
     /// The frame a reply to this one would be.
     pub fn reply(&self) -> Spec {
-        Spec { src: self.dst, dst: self.src, l4: self.l4.reversed(), fragment: None, ..self.clone() }
+        Spec {
+            src: self.dst,
+            dst: self.src,
+            l4: self.l4.reversed(),
+            fragment: None,
+            ..self.clone()
+        }
     }
 }
 
@@ -142,7 +177,10 @@ pub fn build(spec: &Spec) -> Frame {
             b.push(0);
             push16(&mut b, total);
             let (id, flags) = match spec.fragment {
-                Some(f) => (f.id as u16, (f.offset & 0x1fff) | if f.more { 0x2000 } else { 0 }),
+                Some(f) => (
+                    f.id as u16,
+                    (f.offset & 0x1fff) | if f.more { 0x2000 } else { 0 },
+                ),
                 None => (0, 0x4000),
             };
             push16(&mut b, id);
@@ -205,14 +243,23 @@ pub fn build(spec: &Spec) -> Frame {
     };
     boundaries.push(b.len() + header_len.min(l4.len()));
     b.append(&mut l4);
-    Frame { bytes: b, boundaries, l3 }
+    Frame {
+        bytes: b,
+        boundaries,
+        l3,
+    }
 }
 
 fn transport(l4: &L4, payload: usize, later: bool) -> Vec<u8> {
     let mut b = Vec::new();
     if !later {
         match *l4 {
-            L4::Tcp { sport, dport, flags, data_offset } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+                data_offset,
+            } => {
                 push16(&mut b, sport);
                 push16(&mut b, dport);
                 b.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
@@ -222,7 +269,11 @@ fn transport(l4: &L4, payload: usize, later: bool) -> Vec<u8> {
                 let options = (usize::from(data_offset) * 4).saturating_sub(20);
                 b.extend(std::iter::repeat_n(1u8, options));
             }
-            L4::Udp { sport, dport, length } => {
+            L4::Udp {
+                sport,
+                dport,
+                length,
+            } => {
                 push16(&mut b, sport);
                 push16(&mut b, dport);
                 push16(&mut b, length.unwrap_or((8 + payload) as u16));

@@ -17,7 +17,10 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
 fn seed() -> u64 {
-    std::env::var("EXFW_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_2026)
+    std::env::var("EXFW_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_2026)
 }
 
 #[test]
@@ -36,7 +39,12 @@ fn kernel_agrees_with_reference_classifier() {
             first.timeouts.other = std::time::Duration::ZERO;
             first.timeouts.fragment = std::time::Duration::ZERO;
         }
-        let rule_ids: BTreeSet<u32> = first.rules.iter().chain(&second.rules).map(|r| r.id).collect();
+        let rule_ids: BTreeSet<u32> = first
+            .rules
+            .iter()
+            .chain(&second.rules)
+            .map(|r| r.id)
+            .collect();
         let mut dataplane = Dataplane::load(LoadOptions::default()).expect("load the XDP program");
         dataplane.apply(&first).expect("apply the first policy");
         let mut reference = Reference::new(first.clone());
@@ -52,13 +60,23 @@ fn kernel_agrees_with_reference_classifier() {
             }
             let frame = stream.next_frame();
             let expected = reference.classify(&frame, monotonic_ns());
-            let reason_before = dataplane.reason_counter(expected.verdict, expected.reason).unwrap();
+            let reason_before = dataplane
+                .reason_counter(expected.verdict, expected.reason)
+                .unwrap();
             let rule_before = expected.rule.map(|r| dataplane.rule_counter(r).unwrap());
-            let run = dataplane.test_run("exfw_xdp", &frame, 1).expect("BPF_PROG_TEST_RUN");
-            let reason_after = dataplane.reason_counter(expected.verdict, expected.reason).unwrap();
+            let run = dataplane
+                .test_run("exfw_xdp", &frame, 1)
+                .expect("BPF_PROG_TEST_RUN");
+            let reason_after = dataplane
+                .reason_counter(expected.verdict, expected.reason)
+                .unwrap();
             let rule_after = expected.rule.map(|r| dataplane.rule_counter(r).unwrap());
             let len = frame.len() as u64;
-            let want_action = if expected.verdict == Verdict::Drop { XDP_DROP } else { XDP_PASS };
+            let want_action = if expected.verdict == Verdict::Drop {
+                XDP_DROP
+            } else {
+                XDP_PASS
+            };
             let reason_delta = Counter {
                 packets: reason_after.packets - reason_before.packets,
                 bytes: reason_after.bytes - reason_before.bytes,
@@ -69,7 +87,14 @@ fn kernel_agrees_with_reference_classifier() {
                 new_connections: a.new_connections - b.new_connections,
             });
             let rule_ok = rule_delta.is_none_or(|d| d.packets == 1 && d.bytes == len);
-            if run.return_value != want_action || reason_delta != (Counter { packets: 1, bytes: len }) || !rule_ok {
+            if run.return_value != want_action
+                || reason_delta
+                    != (Counter {
+                        packets: 1,
+                        bytes: len,
+                    })
+                || !rule_ok
+            {
                 panic!(
                     "seed {seed:#x} round {round} packet {i}: kernel returned {} with reason delta {reason_delta:?} \
                      and rule delta {rule_delta:?}; reference says {expected:?}\nframe ({len} bytes):\n{}\npolicy: {policy:#?}",
@@ -89,8 +114,18 @@ fn kernel_agrees_with_reference_classifier() {
             "seed {seed:#x} round {round}: counter totals differ (left: kernel, right: reference)"
         );
         let events = dataplane.event_stats().unwrap();
-        assert!(events.sampled > 0, "round {round}: no drop event was sampled: {events:?}");
-        eprintln!("round {round}: {PACKETS_PER_ROUND} packets agree: {:?}", kernel.reasons.iter().map(|((v, r), c)| format!("{v:?}/{}={}", r.name(), c.packets)).collect::<Vec<_>>());
+        assert!(
+            events.sampled > 0,
+            "round {round}: no drop event was sampled: {events:?}"
+        );
+        eprintln!(
+            "round {round}: {PACKETS_PER_ROUND} packets agree: {:?}",
+            kernel
+                .reasons
+                .iter()
+                .map(|((v, r), c)| format!("{v:?}/{}={}", r.name(), c.packets))
+                .collect::<Vec<_>>()
+        );
     }
     eprintln!("differential: compared {compared} packets (seed {seed:#x})");
     assert!(compared >= 100_000);

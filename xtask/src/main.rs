@@ -65,12 +65,17 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed: {status}");
     }
@@ -78,7 +83,11 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
 }
 
 fn cargo_bin() -> PathBuf {
@@ -94,7 +103,10 @@ fn setup() -> Result<()> {
         .iter()
         .copied()
         .filter(|pkg| {
-            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]).stderr(Stdio::null()).output();
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", pkg])
+                .stderr(Stdio::null())
+                .output();
             !out.is_ok_and(|o| o.stdout.ends_with(b"install ok installed"))
         })
         .collect();
@@ -110,16 +122,34 @@ fn setup() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     let linker = cargo_bin().join("bpf-linker");
-    let have = Command::new(&linker).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    if !have.as_deref().is_ok_and(|v| v.contains(BPF_LINKER_VERSION)) {
-        eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against llvm-22 (about 90 s)");
+    let have = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if !have
+        .as_deref()
+        .is_ok_and(|v| v.contains(BPF_LINKER_VERSION))
+    {
+        eprintln!(
+            "xtask setup: building bpf-linker {BPF_LINKER_VERSION} against llvm-22 (about 90 s)"
+        );
         run(Command::new("cargo")
-            .args(["install", "--quiet", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args([
+                "install",
+                "--quiet",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
     let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if !mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")) && is_root() {
+    if !mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+        && is_root()
+    {
         eprintln!("xtask setup: mounting bpffs on /sys/fs/bpf");
         run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
@@ -128,18 +158,39 @@ fn setup() -> Result<()> {
 
 fn build() -> Result<()> {
     run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "exfw-daemon"]))?;
-    eprintln!("built target/release/exfw (XDP object: target/ebpf/bpfel-unknown-none/release/exfw)");
+    eprintln!(
+        "built target/release/exfw (XDP object: target/ebpf/bpfel-unknown-none/release/exfw)"
+    );
     Ok(())
 }
 
 fn test(args: &[String]) -> Result<()> {
     if !is_root() {
-        bail!("the tests load BPF programs and create network namespaces: run `cargo xtask test` as root");
+        bail!(
+            "the tests load BPF programs and create network namespaces: run `cargo xtask test` as root"
+        );
     }
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
-    run(Command::new("cargo").args(["fmt", "--manifest-path", "exfw-ebpf/Cargo.toml", "--", "--check"]))?;
-    run(Command::new("cargo").args(["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    run(Command::new("cargo").args(["test", "--locked", "--workspace"]).arg("--").args(args))
+    run(Command::new("cargo").args([
+        "fmt",
+        "--manifest-path",
+        "exfw-ebpf/Cargo.toml",
+        "--",
+        "--check",
+    ]))?;
+    run(Command::new("cargo").args([
+        "clippy",
+        "--locked",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new("cargo")
+        .args(["test", "--locked", "--workspace"])
+        .arg("--")
+        .args(args))
 }
 
 fn bench() -> Result<()> {
