@@ -480,10 +480,7 @@ impl Dataplane {
         let values = map
             .get(&reason_index(verdict, reason), 0)
             .map_err(map_err("reading reason counters"))?;
-        Ok(values.iter().fold(Counter::default(), |acc, c| Counter {
-            packets: acc.packets + c.packets,
-            bytes: acc.bytes + c.bytes,
-        }))
+        Ok(sum_counters(values.iter()))
     }
 
     /// One rule's counters summed over CPUs.
@@ -499,6 +496,21 @@ impl Dataplane {
                 bytes: acc.bytes + s.bytes,
                 new_connections: acc.new_connections + s.new_connections,
             }))
+    }
+
+    /// One per-port drop counter summed over CPUs (zero when absent).
+    pub fn drop_counter(&self, key: &DropKey) -> Result<Counter, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(map_names::DROP_STATS)
+            .ok_or(DataplaneError::Missing("drop map"))?;
+        let drops =
+            PerCpuHashMap::<_, DropKey, Counter>::try_from(map).map_err(map_err("drop map"))?;
+        match drops.get(key, 0) {
+            Ok(values) => Ok(sum_counters(values.iter())),
+            Err(MapError::KeyNotFound) => Ok(Counter::default()),
+            Err(e) => Err(map_err("reading a drop counter")(e)),
+        }
     }
 
     /// Every per-packet counter: reasons, the given rules, and per-port drops.
@@ -529,11 +541,7 @@ impl Dataplane {
             PerCpuHashMap::<_, DropKey, Counter>::try_from(map).map_err(map_err("drop map"))?;
         for item in drops.iter() {
             let (key, values) = item.map_err(map_err("reading drop counters"))?;
-            let total = values.iter().fold(Counter::default(), |acc, c| Counter {
-                packets: acc.packets + c.packets,
-                bytes: acc.bytes + c.bytes,
-            });
-            out.drops.insert(key, total);
+            out.drops.insert(key, sum_counters(values.iter()));
         }
         out.drop_stats_full = self.event_stats()?.drop_stats_full;
         Ok(out)
@@ -569,6 +577,13 @@ impl Dataplane {
         }
         out
     }
+}
+
+fn sum_counters<'a>(values: impl Iterator<Item = &'a Counter>) -> Counter {
+    values.fold(Counter::default(), |acc, c| Counter {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    })
 }
 
 #[cfg(test)]

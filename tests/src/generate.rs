@@ -317,8 +317,18 @@ impl<'a> Stream<'a> {
                     }
                 }
             }
+            // Every header boundary of one frame, both ways: cut, and cut with lengths fixed.
+            27..=28 => {
+                let frame = build(&spec);
+                for at in frame.boundaries.iter().flat_map(|b| [*b, b + 1]) {
+                    self.pending
+                        .push(frame.bytes[..at.min(frame.bytes.len())].to_vec());
+                    self.pending.push(truncate_consistently(&frame, at));
+                }
+                frame.bytes
+            }
             // Truncated at a header boundary (or one byte past), lengths left claiming more.
-            27..=38 => {
+            29..=38 => {
                 let frame = build(&spec);
                 let at = *frame.boundaries.choose(rng).unwrap() + rng.random_range(0..2);
                 if rng.random_bool(0.5) {

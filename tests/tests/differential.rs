@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use exfw_common::{Counter, RuleStats};
 use exfw_daemon::{
     dataplane::{Dataplane, LoadOptions},
-    policy::{Policy, Reference, Verdict},
+    policy::{Policy, Reason, Reference, Verdict},
 };
 use exfw_tests::{generate, hex, monotonic_ns, require_root};
 use rand::{SeedableRng, rngs::StdRng};
@@ -64,6 +64,10 @@ fn kernel_agrees_with_reference_classifier() {
                 .reason_counter(expected.verdict, expected.reason)
                 .unwrap();
             let rule_before = expected.rule.map(|r| dataplane.rule_counter(r).unwrap());
+            let drop_key = (expected.reason == Reason::Policy)
+                .then(|| reference.last_drop_key())
+                .flatten();
+            let drop_before = drop_key.map(|k| dataplane.drop_counter(&k).unwrap());
             let run = dataplane
                 .test_run("exfw_xdp", &frame, 1)
                 .expect("BPF_PROG_TEST_RUN");
@@ -71,6 +75,7 @@ fn kernel_agrees_with_reference_classifier() {
                 .reason_counter(expected.verdict, expected.reason)
                 .unwrap();
             let rule_after = expected.rule.map(|r| dataplane.rule_counter(r).unwrap());
+            let drop_after = drop_key.map(|k| dataplane.drop_counter(&k).unwrap());
             let len = frame.len() as u64;
             let want_action = if expected.verdict == Verdict::Drop {
                 XDP_DROP
@@ -87,17 +92,22 @@ fn kernel_agrees_with_reference_classifier() {
                 new_connections: a.new_connections - b.new_connections,
             });
             let rule_ok = rule_delta.is_none_or(|d| d.packets == 1 && d.bytes == len);
+            let drop_delta = drop_before
+                .zip(drop_after)
+                .map(|(b, a)| a.packets - b.packets);
+            let one_packet = Counter {
+                packets: 1,
+                bytes: len,
+            };
             if run.return_value != want_action
-                || reason_delta
-                    != (Counter {
-                        packets: 1,
-                        bytes: len,
-                    })
+                || reason_delta != one_packet
                 || !rule_ok
+                || drop_delta.is_some_and(|d| d != 1)
             {
                 panic!(
-                    "seed {seed:#x} round {round} packet {i}: kernel returned {} with reason delta {reason_delta:?} \
-                     and rule delta {rule_delta:?}; reference says {expected:?}\nframe ({len} bytes):\n{}\npolicy: {policy:#?}",
+                    "seed {seed:#x} round {round} packet {i}: kernel returned {} with reason delta \
+                     {reason_delta:?}, rule delta {rule_delta:?}, drop delta {drop_delta:?}; reference \
+                     says {expected:?}\nframe ({len} bytes):\n{}\npolicy: {policy:#?}",
                     run.return_value,
                     hex(&frame),
                 );

@@ -113,6 +113,7 @@ pub struct Reference {
     flows: HashMap<FlowKey, u64>,
     frags: HashMap<FragKey, CachedFragment>,
     counters: Counters,
+    last_drop_key: Option<DropKey>,
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -127,6 +128,7 @@ impl Reference {
             flows: HashMap::new(),
             frags: HashMap::new(),
             counters: Counters::default(),
+            last_drop_key: None,
         }
     }
 
@@ -143,6 +145,12 @@ impl Reference {
     /// Counter totals since creation.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The per-port drop counter the last classified packet moved, if any (a policy drop while
+    /// the table had room).
+    pub fn last_drop_key(&self) -> Option<DropKey> {
+        self.last_drop_key
     }
 
     /// Judges one frame at monotonic time `now_ns` and updates tables and counters.
@@ -279,6 +287,7 @@ impl Reference {
     }
 
     fn count(&mut self, p: Option<&Parsed>, out: &Outcome, len: u64) {
+        self.last_drop_key = None;
         let c = self
             .counters
             .reasons
@@ -304,6 +313,9 @@ impl Reference {
                 pad: [0; 2],
             };
             let full = self.counters.drops.len() >= limits::MAX_DROP_KEYS as usize;
+            if !full || self.counters.drops.contains_key(&key) {
+                self.last_drop_key = Some(key);
+            }
             match self.counters.drops.get_mut(&key) {
                 Some(c) => {
                     c.packets += 1;
