@@ -127,10 +127,10 @@ pub fn remove_stale() {
             .strip_prefix("exfw-")
             .and_then(|rest| rest.split('-').nth(1))
             .and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("ip").args(["netns", "del", name]).status();
-            }
+        if let Some(pid) = pid
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
 }
