@@ -1,7 +1,10 @@
 //! exfw: an XDP firewall for Exchange organisations. This library holds everything the `exfw`
 //! binary does, so the integration tests and benchmarks drive the same code.
 
+pub mod cli;
+pub mod config;
 pub mod dataplane;
+pub mod model;
 pub mod policy;
 
 /// The XDP object built from exfw-ebpf by the build script.

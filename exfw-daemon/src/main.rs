@@ -1,12 +1,16 @@
 //! The `exfw` command.
 
+use std::process::ExitCode;
+
 use clap::Parser;
+use exfw_daemon::cli::{Cli, run};
 
-/// exfw: an XDP firewall that enforces Microsoft's Exchange port tables on a Linux gateway.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {}
-
-fn main() {
-    let _cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("exfw: {error:#}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -5,10 +5,14 @@
 //! protocol and port range with a set of source classes, the mode and the timeouts.
 
 mod classify;
+mod compile;
+pub mod export;
+pub mod probe;
 
 use std::{collections::BTreeSet, collections::HashMap, time::Duration};
 
 pub use classify::{Counters, Outcome, Reference};
+pub use compile::{Compiled, compile};
 use exfw_common::{CLASS_EXTERNAL, limits};
 pub use exfw_common::{Reason, Verdict};
 use ipnet::IpNet;

@@ -1,0 +1,251 @@
+//! The `exfw` command line: check, explain, simulate, export.
+
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use exfw_common::proto;
+
+use crate::{
+    config,
+    policy::{
+        Compiled, Reference, compile,
+        export::{ExplainFormat, nftables, proto_name, render_explain},
+        probe,
+    },
+};
+
+/// exfw: an XDP firewall that enforces Microsoft's Exchange port tables on a Linux gateway.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config and summarise it; exit 1 with every error (file:line:column) if invalid.
+    #[command(
+        after_help = "Examples:\n  exfw check /etc/exfw/exfw.toml\n  exfw check examples/exchange2016-edge.toml"
+    )]
+    Check {
+        /// The config file.
+        config: PathBuf,
+    },
+    /// Print the allowlist as a firewall change request: service, protocol/port, source,
+    /// destination, and why (the document and table row), with the trusted-pair rule spelled out.
+    #[command(
+        after_help = "Examples:\n  exfw explain /etc/exfw/exfw.toml\n  exfw explain exfw.toml --format markdown > change-request.md\n  exfw explain exfw.toml --format csv > rules.csv"
+    )]
+    Explain {
+        /// The config file.
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Table)]
+        format: ExplainFormat,
+    },
+    /// Judge one packet with the reference classifier: the verdict, the reason and the rule.
+    /// Stateless: replies to allowed connections also pass on the gateway.
+    #[command(
+        after_help = "Examples:\n  exfw simulate exfw.toml --src 203.0.113.5 --dst 192.0.2.21 --proto tcp --port 443 --syn\n  exfw simulate exfw.toml --src 192.0.2.130 --dst 192.0.2.5 --proto tcp --port 389\n  exfw simulate exfw.toml --src 2001:db8:100::7 --dst 2001:db8:21::21 --proto icmp"
+    )]
+    Simulate {
+        /// The config file.
+        config: PathBuf,
+        /// Source address.
+        #[arg(long)]
+        src: IpAddr,
+        /// Destination address.
+        #[arg(long)]
+        dst: IpAddr,
+        /// Protocol (icmp means ICMPv6 for IPv6 addresses).
+        #[arg(long, value_enum)]
+        proto: SimProto,
+        /// Destination port (tcp, udp) or ICMP type (default: echo request).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Send a TCP SYN (a new connection) rather than a mid-connection segment.
+        #[arg(long)]
+        syn: bool,
+    },
+    /// Export an equivalent ruleset for hosts without XDP or for side-by-side comparison.
+    #[command(
+        after_help = "Examples:\n  exfw export exfw.toml --format nft > exfw.nft && nft -f exfw.nft"
+    )]
+    Export {
+        /// The config file.
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SimProto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// nftables, loadable with `nft -f`.
+    Nft,
+}
+
+/// Loads and compiles a config; errors are printed by the caller.
+pub fn load(path: &std::path::Path) -> Result<Compiled> {
+    let config = config::load(path)?;
+    Ok(compile(&config)?)
+}
+
+/// Runs the command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check { config: path } => {
+            let cfg = match config::load(&path) {
+                Ok(cfg) => cfg,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!(
+                        "{}: {} error(s); nothing was changed",
+                        path.display(),
+                        errors.0.len()
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let compiled = compile(&cfg)?;
+            println!("{}: valid", path.display());
+            let mode = match cfg.mode {
+                crate::policy::Mode::Enforce => "enforce",
+                crate::policy::Mode::Audit => "audit",
+            };
+            println!(
+                "  Exchange {}, mode {mode}, Edge subscribed: {}",
+                cfg.organization.exchange.name(),
+                cfg.organization.edge_subscribed
+            );
+            let mut roles = std::collections::BTreeMap::<&str, usize>::new();
+            for s in &cfg.servers {
+                for r in &s.roles {
+                    *roles.entry(r.name()).or_default() += 1;
+                }
+            }
+            let roles: Vec<String> = roles.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            println!(
+                "  servers: {} ({}), domain controllers: {}, Lync/Skype: {}",
+                cfg.servers.len(),
+                roles.join(", "),
+                cfg.domain_controllers.len(),
+                cfg.lync_servers.len()
+            );
+            println!(
+                "  client networks: {}, extra allow entries: {}",
+                cfg.client_networks.len(),
+                cfg.allows.len()
+            );
+            let p = &compiled.policy;
+            let trusted: Vec<&str> = compiled
+                .trusted_classes()
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            println!(
+                "  {} address classes, {} rules; trusted (any/any): {}",
+                p.classes.len(),
+                p.rules.len(),
+                trusted.join(", ")
+            );
+            let ifaces: Vec<String> = cfg
+                .interfaces
+                .iter()
+                .map(|i| format!("{} ({:?})", i.name, i.mode))
+                .collect();
+            println!(
+                "  interfaces: {}",
+                if ifaces.is_empty() {
+                    "none".into()
+                } else {
+                    ifaces.join(", ")
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain {
+            config: path,
+            format,
+        } => {
+            print!("{}", render_explain(&load(&path)?, format));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            config: path,
+            src,
+            dst,
+            proto: p,
+            port,
+            syn,
+        } => {
+            if src.is_ipv6() != dst.is_ipv6() {
+                bail!("--src {src} and --dst {dst} are of different address families");
+            }
+            let compiled = load(&path)?;
+            let number = match (p, src.is_ipv6()) {
+                (SimProto::Tcp, _) => proto::TCP,
+                (SimProto::Udp, _) => proto::UDP,
+                (SimProto::Icmp, false) => proto::ICMP,
+                (SimProto::Icmp, true) => proto::ICMPV6,
+            };
+            let port = match (port, number) {
+                (Some(port), _) => port,
+                (None, proto::ICMP) => 8,
+                (None, proto::ICMPV6) => 128,
+                (None, _) => bail!("--port is required for tcp and udp"),
+            };
+            let frame = probe::frame(src, dst, number, port, syn);
+            let mut reference = Reference::new(compiled.policy.clone());
+            let outcome = reference.classify(&frame, 0);
+            let p = &compiled.policy;
+            let verdict = match outcome.verdict {
+                exfw_common::Verdict::Pass => "pass",
+                exfw_common::Verdict::Drop => "drop",
+                exfw_common::Verdict::WouldDrop => "would drop (audit mode passes it)",
+            };
+            println!("verdict:     {verdict}");
+            println!("reason:      {}", outcome.reason.name());
+            if let Some(rule) = outcome.rule.and_then(|id| p.rule(id)) {
+                let sources: Vec<&str> =
+                    rule.src_classes.iter().map(|c| p.class_name(*c)).collect();
+                println!(
+                    "rule:        {} (rule {}): {}/{} from {} to {}",
+                    rule.service,
+                    rule.id,
+                    proto_name(rule.proto),
+                    if rule.ports.first == rule.ports.last {
+                        rule.ports.first.to_string()
+                    } else {
+                        format!("{}-{}", rule.ports.first, rule.ports.last)
+                    },
+                    sources.join(","),
+                    p.class_name(rule.dst_class)
+                );
+                for why in compiled.provenance.get(&rule.id).into_iter().flatten() {
+                    println!("why:         {why}");
+                }
+            }
+            println!("source:      {src} ({})", p.class_name(outcome.src_class));
+            println!("destination: {dst} ({})", p.class_name(outcome.dst_class));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export {
+            config: path,
+            format: ExportFormat::Nft,
+        } => {
+            print!("{}", nftables(&load(&path)?, &path.display().to_string()));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

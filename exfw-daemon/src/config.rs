@@ -1,0 +1,1054 @@
+//! The TOML configuration: a strict schema (unknown keys are errors), versioned, and a validation
+//! pass that reports every problem at once with its file, line and column.
+//!
+//! The reference for operators is docs/config.md; the examples live in examples/.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, SocketAddr},
+    ops::Range,
+    path::Path,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::{dataplane::AttachMode, model::Role, policy::Mode};
+
+/// The configuration format this build reads.
+pub const CONFIG_VERSION: i64 = 1;
+/// Where `exfw run` looks when no path is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/exfw/exfw.toml";
+const CLIENT_NETWORK: &str = "client network";
+
+/// The default metrics address.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9720";
+
+/// One problem in a config file, located.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, as given.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong and what to change.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The Exchange version of the organisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ExchangeVersion {
+    /// Exchange Server 2010.
+    V2010,
+    /// Exchange Server 2013.
+    V2013,
+    /// Exchange Server 2016.
+    V2016,
+    /// Exchange Server 2019.
+    V2019,
+    /// Exchange Server Subscription Edition.
+    SubscriptionEdition,
+}
+
+impl ExchangeVersion {
+    /// The spelling used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExchangeVersion::V2010 => "2010",
+            ExchangeVersion::V2013 => "2013",
+            ExchangeVersion::V2016 => "2016",
+            ExchangeVersion::V2019 => "2019",
+            ExchangeVersion::SubscriptionEdition => "se",
+        }
+    }
+
+    /// 2016 and later serve client access on the Mailbox role.
+    pub fn client_access_on_mailbox(self) -> bool {
+        self >= ExchangeVersion::V2016
+    }
+}
+
+// ---- The file as written -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    version: Spanned<i64>,
+    mode: Spanned<String>,
+    organization: RawOrganization,
+    #[serde(default, rename = "server")]
+    servers: Vec<RawServer>,
+    #[serde(default, rename = "domain_controller")]
+    domain_controllers: Vec<RawHost>,
+    #[serde(default, rename = "lync_server")]
+    lync_servers: Vec<RawHost>,
+    #[serde(default, rename = "dns_server")]
+    dns_servers: Vec<RawHost>,
+    #[serde(default, rename = "um_gateway")]
+    um_gateways: Vec<RawHost>,
+    #[serde(default)]
+    clients: RawClients,
+    #[serde(default, rename = "allow")]
+    allows: Vec<RawAllow>,
+    #[serde(default)]
+    management: RawManagement,
+    #[serde(default, rename = "interface")]
+    interfaces: Vec<RawInterface>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrganization {
+    exchange: Spanned<String>,
+    edge_subscribed: Option<Spanned<bool>>,
+    #[serde(default)]
+    pop3: bool,
+    #[serde(default)]
+    imap4: bool,
+    #[serde(default = "yes")]
+    http: bool,
+    #[serde(default)]
+    smtp_client_on_25: bool,
+    #[serde(default)]
+    outbound_proxy_through_cas: bool,
+    rpc_client_access_port: Option<Spanned<i64>>,
+    address_book_port: Option<Spanned<i64>>,
+    unified_messaging: Option<Spanned<bool>>,
+    #[serde(default = "yes")]
+    icmp_echo: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    name: Spanned<String>,
+    roles: Spanned<Vec<Spanned<String>>>,
+    addresses: Option<Spanned<Vec<Spanned<String>>>>,
+    site: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: Spanned<String>,
+    addresses: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClients {
+    #[serde(default)]
+    networks: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    Number(i64),
+    Range(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    name: Spanned<String>,
+    from: Spanned<Vec<Spanned<String>>>,
+    to: Spanned<Vec<Spanned<String>>>,
+    proto: Spanned<String>,
+    #[serde(default)]
+    ports: Vec<Spanned<RawPort>>,
+    reason: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawManagement {
+    #[serde(default)]
+    sources: Vec<Spanned<String>>,
+    #[serde(default)]
+    gateway_addresses: Vec<Spanned<String>>,
+    #[serde(default)]
+    ports: Vec<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    name: Spanned<String>,
+    #[serde(default)]
+    xdp_mode: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    flow_entries: Option<Spanned<i64>>,
+    tcp_idle_seconds: Option<Spanned<i64>>,
+    udp_idle_seconds: Option<Spanned<i64>>,
+    other_idle_seconds: Option<Spanned<i64>>,
+    fragment_seconds: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
+}
+
+// ---- The validated configuration -----------------------------------------------------------
+
+/// Version options of the organisation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Organization {
+    /// Exchange version.
+    pub exchange: ExchangeVersion,
+    /// An Edge Transport server is subscribed to the organisation.
+    pub edge_subscribed: bool,
+    /// POP3 is enabled.
+    pub pop3: bool,
+    /// IMAP4 is enabled.
+    pub imap4: bool,
+    /// Unencrypted HTTP on 80 is allowed.
+    pub http: bool,
+    /// Authenticated client SMTP submission also on 25.
+    pub smtp_client_on_25: bool,
+    /// Outbound mail is proxied through Client Access (FrontEndProxyEnabled).
+    pub outbound_proxy_through_cas: bool,
+    /// Exchange 2010 static ports: (RPC Client Access, Address Book).
+    pub static_rpc_ports: Option<(u16, u16)>,
+    /// Unified Messaging SIP/RTP is in use.
+    pub unified_messaging: bool,
+    /// ICMP echo to Exchange servers from clients and management hosts.
+    pub icmp_echo: bool,
+}
+
+/// An Exchange server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    /// Its name.
+    pub name: String,
+    /// Its roles.
+    pub roles: BTreeSet<Role>,
+    /// Its addresses.
+    pub addresses: Vec<IpNet>,
+    /// Its AD site, for documentation.
+    pub site: Option<String>,
+}
+
+/// A named host or group of hosts (domain controller, Lync server, DNS server, UM gateway).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// Its name.
+    pub name: String,
+    /// Its addresses.
+    pub addresses: Vec<IpNet>,
+}
+
+/// Where an extra allow entry's traffic comes from or goes to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Endpoint {
+    /// Every host of a role (`external` included).
+    Role(Role),
+    /// Addresses.
+    Prefix(IpNet),
+}
+
+/// An inclusive port range.
+pub type Ports = (u16, u16);
+
+/// An extra allow entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allow {
+    /// Its name (the service label).
+    pub name: String,
+    /// Sources.
+    pub from: Vec<Endpoint>,
+    /// Destination roles.
+    pub to: Vec<Role>,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Port ranges (all ports when the protocol has none).
+    pub ports: Vec<Ports>,
+    /// Why it is needed (mandatory).
+    pub reason: String,
+}
+
+/// Management access to the gateway that must never be blocked.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Management {
+    /// Administrators' networks.
+    pub sources: Vec<IpNet>,
+    /// The gateway's own addresses.
+    pub gateway_addresses: Vec<IpNet>,
+    /// TCP ports on the gateway (default 22).
+    pub ports: Vec<u16>,
+}
+
+/// An interface to attach to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    /// Interface name.
+    pub name: String,
+    /// XDP attach mode.
+    pub mode: AttachMode,
+}
+
+/// Table sizes and lifetimes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Flow-table entries.
+    pub flow_entries: u32,
+    /// TCP flow idle lifetime, seconds.
+    pub tcp_idle_seconds: u64,
+    /// UDP flow idle lifetime, seconds.
+    pub udp_idle_seconds: u64,
+    /// Other flow idle lifetime, seconds.
+    pub other_idle_seconds: u64,
+    /// Fragment verdict lifetime, seconds.
+    pub fragment_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            flow_entries: exfw_common::limits::DEFAULT_FLOW_ENTRIES,
+            tcp_idle_seconds: 3600,
+            udp_idle_seconds: 60,
+            other_idle_seconds: 60,
+            fragment_seconds: 10,
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Enforce or audit.
+    pub mode: Mode,
+    /// The organisation's version and options.
+    pub organization: Organization,
+    /// Exchange servers.
+    pub servers: Vec<Server>,
+    /// Domain controllers.
+    pub domain_controllers: Vec<Host>,
+    /// Lync / Skype for Business servers.
+    pub lync_servers: Vec<Host>,
+    /// DNS servers used by Internet-facing servers.
+    pub dns_servers: Vec<Host>,
+    /// UM IP gateways and IP-PBXs.
+    pub um_gateways: Vec<Host>,
+    /// Internal client networks.
+    pub client_networks: Vec<IpNet>,
+    /// Extra allow entries.
+    pub allows: Vec<Allow>,
+    /// Management access to the gateway.
+    pub management: Management,
+    /// Interfaces to attach to.
+    pub interfaces: Vec<Interface>,
+    /// Table sizes and lifetimes.
+    pub limits: Limits,
+    /// Metrics listen address.
+    pub metrics_listen: SocketAddr,
+}
+
+// ---- Validation ----------------------------------------------------------------------------
+
+struct Checker<'a> {
+    file: &'a str,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = line_column(self.text, span.start);
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    fn prefix(&mut self, value: &Spanned<String>, what: &str) -> Option<IpNet> {
+        match parse_prefix(value.get_ref()) {
+            Some(net) => Some(net),
+            None => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "`{}` is not an IP address or prefix ({what}); write for example 192.0.2.10, 192.0.2.0/24 or 2001:db8::10",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn port(&mut self, value: &Spanned<i64>, what: &str, min: i64) -> Option<u16> {
+        let v = *value.get_ref();
+        if (min..=65535).contains(&v) {
+            Some(v as u16)
+        } else {
+            self.error(
+                value.span(),
+                format!("port {v} is out of range for {what}: use {min} to 65535"),
+            );
+            None
+        }
+    }
+
+    fn seconds(&mut self, value: &Option<Spanned<i64>>, default: u64, what: &str) -> u64 {
+        match value {
+            None => default,
+            Some(v) if *v.get_ref() > 0 => *v.get_ref() as u64,
+            Some(v) => {
+                self.error(
+                    v.span(),
+                    format!("{what} must be a positive number of seconds"),
+                );
+                default
+            }
+        }
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Parses `192.0.2.10` (a host) or `192.0.2.0/24` (a network; host bits are an error).
+fn parse_prefix(text: &str) -> Option<IpNet> {
+    if let Ok(addr) = text.parse::<IpAddr>() {
+        return Some(IpNet::from(addr));
+    }
+    let net: IpNet = text.parse().ok()?;
+    (net.trunc() == net).then_some(net)
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })?;
+    parse(&text, &file)
+}
+
+/// Parses and validates config text; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map_or((0, 0), |s| line_column(text, s.start));
+        ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }])
+    })?;
+    let mut c = Checker {
+        file,
+        text,
+        errors: Vec::new(),
+    };
+    let config = validate(&mut c, raw);
+    if c.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+fn validate(c: &mut Checker, raw: RawConfig) -> Config {
+    if *raw.version.get_ref() != CONFIG_VERSION {
+        c.error(
+            raw.version.span(),
+            format!(
+                "config version {} is not supported: this exfw reads version {CONFIG_VERSION}",
+                raw.version.get_ref()
+            ),
+        );
+    }
+    let mode = match raw.mode.get_ref().as_str() {
+        "enforce" => Mode::Enforce,
+        "audit" => Mode::Audit,
+        other => {
+            c.error(
+                raw.mode.span(),
+                format!(
+                    "mode `{other}` is unknown: use \"audit\" (count, never drop) or \"enforce\""
+                ),
+            );
+            Mode::Audit
+        }
+    };
+    let organization = validate_organization(c, &raw);
+    let version = organization.exchange;
+
+    // Every address with its owner, to find overlaps.
+    let mut owners: Vec<(IpNet, String, bool, Range<usize>)> = Vec::new();
+    let mut names: BTreeMap<String, ()> = BTreeMap::new();
+    let mut servers = Vec::new();
+    for s in &raw.servers {
+        if names.insert(s.name.get_ref().to_lowercase(), ()).is_some() {
+            c.error(
+                s.name.span(),
+                format!("server name `{}` is used twice", s.name.get_ref()),
+            );
+        }
+        let mut roles = BTreeSet::new();
+        for r in s.roles.get_ref() {
+            match Role::server_role(r.get_ref()) {
+                Some(role) => {
+                    if let Some(problem) = role.unavailable_in(version) {
+                        c.error(
+                            r.span(),
+                            format!("server `{}`: {problem}", s.name.get_ref()),
+                        );
+                    }
+                    roles.insert(role);
+                }
+                None => c.error(
+                    r.span(),
+                    format!(
+                        "server `{}`: unknown role `{}`; server roles are {}",
+                        s.name.get_ref(),
+                        r.get_ref(),
+                        Role::SERVER_ROLES.map(|r| r.name()).join(", ")
+                    ),
+                ),
+            }
+        }
+        if s.roles.get_ref().is_empty() {
+            c.error(
+                s.roles.span(),
+                format!("server `{}` has no role", s.name.get_ref()),
+            );
+        }
+        if roles.contains(&Role::Edge) && roles.len() > 1 {
+            c.error(
+                s.roles.span(),
+                format!(
+                    "server `{}`: an Edge Transport server cannot hold another role; it sits in the perimeter network and is not domain joined",
+                    s.name.get_ref()
+                ),
+            );
+        }
+        let addresses = host_addresses(c, &s.name, &s.addresses, "server", &mut owners, true);
+        servers.push(Server {
+            name: s.name.get_ref().clone(),
+            roles,
+            addresses,
+            site: s.site.clone(),
+        });
+    }
+    if let Some(flag) = raw
+        .organization
+        .edge_subscribed
+        .as_ref()
+        .filter(|f| *f.get_ref())
+        && !servers.iter().any(|s| s.roles.contains(&Role::Edge))
+    {
+        c.error(
+            flag.span(),
+            "edge_subscribed = true but no server has the role \"edge\"",
+        );
+    }
+    if !organization.edge_subscribed {
+        if let Some(s) = raw
+            .servers
+            .iter()
+            .find(|s| s.roles.get_ref().iter().any(|r| r.get_ref() == "edge"))
+        {
+            c.error(
+                s.roles.span(),
+                format!(
+                    "server `{}` is an Edge Transport server but [organization] edge_subscribed is not true; set it (exfw models subscribed Edge servers)",
+                    s.name.get_ref()
+                ),
+            );
+        }
+    }
+    let mut hosts = |list: &[RawHost], kind: &str, protected: bool, c: &mut Checker| -> Vec<Host> {
+        list.iter()
+            .map(|h| Host {
+                name: h.name.get_ref().clone(),
+                addresses: host_addresses(c, &h.name, &h.addresses, kind, &mut owners, protected),
+            })
+            .collect()
+    };
+    let domain_controllers = hosts(&raw.domain_controllers, "domain controller", true, c);
+    let lync_servers = hosts(&raw.lync_servers, "Lync/Skype server", true, c);
+    let dns_servers = hosts(&raw.dns_servers, "DNS server", false, c);
+    let um_gateways = hosts(&raw.um_gateways, "UM gateway", false, c);
+    if let Some(flag) = raw
+        .organization
+        .unified_messaging
+        .as_ref()
+        .filter(|f| *f.get_ref())
+        && um_gateways.is_empty()
+    {
+        c.error(
+            flag.span(),
+            "unified_messaging = true needs at least one [[um_gateway]] (the IP gateways or IP-PBXs that send SIP and RTP)",
+        );
+    }
+    let client_networks: Vec<IpNet> = raw
+        .clients
+        .networks
+        .iter()
+        .filter_map(|n| c.prefix(n, "client network"))
+        .collect();
+    // Protected addresses must not sit inside client or other external ranges.
+    let mut unprotected: Vec<(IpNet, String, Range<usize>)> = raw
+        .clients
+        .networks
+        .iter()
+        .filter_map(|n| {
+            parse_prefix(n.get_ref()).map(|p| (p, CLIENT_NETWORK.to_string(), n.span()))
+        })
+        .collect();
+    let management = validate_management(c, &raw.management, &mut unprotected);
+    let allows = raw
+        .allows
+        .iter()
+        .map(|a| validate_allow(c, a, &mut unprotected))
+        .collect();
+    // Protected hosts may not overlap any client or source range; other hosts (DNS servers, UM
+    // gateways) may sit inside client networks but not inside a management or allow source.
+    for (net, owner, protected, span) in &owners {
+        for (range, what, _) in &unprotected {
+            if !protected && what == CLIENT_NETWORK {
+                continue;
+            }
+            if range.contains(net) || net.contains(range) {
+                c.error(
+                    span.clone(),
+                    format!(
+                        "{owner} address {net} overlaps the {what} {range}: a host exfw protects or routes to cannot also be a client or source range; fix one of them"
+                    ),
+                );
+            }
+        }
+    }
+    let interfaces = raw
+        .interfaces
+        .iter()
+        .map(|i| {
+            let name = i.name.get_ref().clone();
+            if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) {
+                c.error(i.name.span(), format!("`{name}` is not a Linux interface name (1 to 15 characters, no spaces or /)"));
+            }
+            let mode = match i.xdp_mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+                None | Some(("auto", _)) => AttachMode::Auto,
+                Some(("driver", _)) => AttachMode::Driver,
+                Some(("skb", _)) => AttachMode::Skb,
+                Some((other, span)) => {
+                    c.error(span, format!("xdp_mode `{other}` is unknown: use \"auto\", \"driver\" or \"skb\""));
+                    AttachMode::Auto
+                }
+            };
+            Interface { name, mode }
+        })
+        .collect();
+    let defaults = Limits::default();
+    let flow_entries = match &raw.limits.flow_entries {
+        None => defaults.flow_entries,
+        Some(v) if (1024..=16_777_216).contains(v.get_ref()) => *v.get_ref() as u32,
+        Some(v) => {
+            c.error(v.span(), "flow_entries must be between 1024 and 16777216");
+            defaults.flow_entries
+        }
+    };
+    let limits = Limits {
+        flow_entries,
+        tcp_idle_seconds: c.seconds(
+            &raw.limits.tcp_idle_seconds,
+            defaults.tcp_idle_seconds,
+            "tcp_idle_seconds",
+        ),
+        udp_idle_seconds: c.seconds(
+            &raw.limits.udp_idle_seconds,
+            defaults.udp_idle_seconds,
+            "udp_idle_seconds",
+        ),
+        other_idle_seconds: c.seconds(
+            &raw.limits.other_idle_seconds,
+            defaults.other_idle_seconds,
+            "other_idle_seconds",
+        ),
+        fragment_seconds: c.seconds(
+            &raw.limits.fragment_seconds,
+            defaults.fragment_seconds,
+            "fragment_seconds",
+        ),
+    };
+    let metrics_listen = match &raw.metrics.listen {
+        None => DEFAULT_METRICS_LISTEN.parse().unwrap(),
+        Some(l) => l.get_ref().parse().unwrap_or_else(|_| {
+            c.error(
+                l.span(),
+                format!(
+                    "`{}` is not an address:port such as 127.0.0.1:9720",
+                    l.get_ref()
+                ),
+            );
+            DEFAULT_METRICS_LISTEN.parse().unwrap()
+        }),
+    };
+    Config {
+        mode,
+        organization,
+        servers,
+        domain_controllers,
+        lync_servers,
+        dns_servers,
+        um_gateways,
+        client_networks,
+        allows,
+        management,
+        interfaces,
+        limits,
+        metrics_listen,
+    }
+}
+
+fn validate_organization(c: &mut Checker, raw: &RawConfig) -> Organization {
+    let o = &raw.organization;
+    let exchange = match o.exchange.get_ref().to_lowercase().as_str() {
+        "2010" => ExchangeVersion::V2010,
+        "2013" => ExchangeVersion::V2013,
+        "2016" => ExchangeVersion::V2016,
+        "2019" => ExchangeVersion::V2019,
+        "se" | "subscription-edition" => ExchangeVersion::SubscriptionEdition,
+        other => {
+            c.error(
+                o.exchange.span(),
+                format!("Exchange version `{other}` is not supported: use \"2010\", \"2013\", \"2016\", \"2019\" or \"se\""),
+            );
+            ExchangeVersion::V2019
+        }
+    };
+    let mut static_rpc_ports = None;
+    match (&o.rpc_client_access_port, &o.address_book_port) {
+        (None, None) => {}
+        (ca, ab) if exchange != ExchangeVersion::V2010 => {
+            for p in [ca, ab].into_iter().flatten() {
+                c.error(
+                    p.span(),
+                    format!(
+                        "static RPC ports exist only on Exchange 2010; Exchange {} serves Outlook over HTTPS (443): remove this key",
+                        exchange.name()
+                    ),
+                );
+            }
+        }
+        (Some(ca), Some(ab)) => {
+            let ca_port = c.port(ca, "rpc_client_access_port", 1024);
+            let ab_port = c.port(ab, "address_book_port", 1024);
+            if let (Some(x), Some(y)) = (ca_port, ab_port) {
+                if x == y {
+                    c.error(ab.span(), "address_book_port must differ from rpc_client_access_port");
+                }
+                static_rpc_ports = Some((x, y));
+            }
+        }
+        (Some(one), None) | (None, Some(one)) => c.error(
+            one.span(),
+            "set both rpc_client_access_port and address_book_port (the two static ports you configured on the Client Access servers)",
+        ),
+    }
+    let unified_messaging = o.unified_messaging.as_ref().is_some_and(|f| *f.get_ref());
+    if let Some(flag) = o
+        .unified_messaging
+        .as_ref()
+        .filter(|_| unified_messaging && exchange >= ExchangeVersion::V2019)
+    {
+        c.error(
+            flag.span(),
+            format!("Exchange {} has no Unified Messaging (removed in 2019): set unified_messaging = false", exchange.name()),
+        );
+    }
+    Organization {
+        exchange,
+        edge_subscribed: o.edge_subscribed.as_ref().is_some_and(|f| *f.get_ref()),
+        pop3: o.pop3,
+        imap4: o.imap4,
+        http: o.http,
+        smtp_client_on_25: o.smtp_client_on_25,
+        outbound_proxy_through_cas: o.outbound_proxy_through_cas,
+        static_rpc_ports,
+        unified_messaging,
+        icmp_echo: o.icmp_echo,
+    }
+}
+
+fn host_addresses(
+    c: &mut Checker,
+    name: &Spanned<String>,
+    addresses: &Option<Spanned<Vec<Spanned<String>>>>,
+    kind: &str,
+    owners: &mut Vec<(IpNet, String, bool, Range<usize>)>,
+    protected: bool,
+) -> Vec<IpNet> {
+    let addresses: &[Spanned<String>] = addresses.as_ref().map_or(&[], |a| a.get_ref());
+    if addresses.is_empty() {
+        c.error(
+            name.span(),
+            format!(
+                "{kind} `{}` has no address: add addresses = [\"192.0.2.10\"]",
+                name.get_ref()
+            ),
+        );
+    }
+    let owner = format!("{kind} `{}`", name.get_ref());
+    let mut out = Vec::new();
+    for a in addresses {
+        let Some(net) = c.prefix(a, &owner) else {
+            continue;
+        };
+        for (other, other_owner, _, _) in owners.iter() {
+            if other.contains(&net) || net.contains(other) {
+                c.error(a.span(), format!("{owner} address {net} overlaps {other} of {other_owner}: each address belongs to one host"));
+            }
+        }
+        owners.push((net, owner.clone(), protected, a.span()));
+        out.push(net);
+    }
+    out
+}
+
+fn validate_management(
+    c: &mut Checker,
+    raw: &RawManagement,
+    unprotected: &mut Vec<(IpNet, String, Range<usize>)>,
+) -> Management {
+    let sources: Vec<IpNet> = raw
+        .sources
+        .iter()
+        .filter_map(|s| c.prefix(s, "management source"))
+        .collect();
+    for (s, net) in raw.sources.iter().zip(&sources) {
+        unprotected.push((*net, "management source".into(), s.span()));
+    }
+    let gateway_addresses = raw
+        .gateway_addresses
+        .iter()
+        .filter_map(|s| c.prefix(s, "gateway address"))
+        .collect();
+    let mut ports: Vec<u16> = raw
+        .ports
+        .iter()
+        .filter_map(|p| c.port(p, "management", 1))
+        .collect();
+    if ports.is_empty() {
+        ports.push(22);
+    }
+    Management {
+        sources,
+        gateway_addresses,
+        ports,
+    }
+}
+
+/// IP protocol numbers by name.
+pub fn proto_number(name: &str) -> Option<u8> {
+    match name {
+        "tcp" => Some(6),
+        "udp" => Some(17),
+        "icmp" => Some(1),
+        "icmpv6" => Some(58),
+        other => other.parse().ok(),
+    }
+}
+
+fn validate_allow(
+    c: &mut Checker,
+    a: &RawAllow,
+    unprotected: &mut Vec<(IpNet, String, Range<usize>)>,
+) -> Allow {
+    let name = a.name.get_ref().clone();
+    let reason = match &a.reason {
+        Some(r) if !r.get_ref().trim().is_empty() => r.get_ref().clone(),
+        Some(r) => {
+            c.error(r.span(), format!("allow `{name}`: the reason is empty; say why this traffic is needed (a ticket, an application)"));
+            String::new()
+        }
+        None => {
+            c.error(
+                a.name.span(),
+                format!("allow `{name}` has no reason: add reason = \"...\" saying why this traffic is needed"),
+            );
+            String::new()
+        }
+    };
+    let mut from = Vec::new();
+    for f in a.from.get_ref() {
+        if let Some(role) = Role::endpoint_role(f.get_ref()) {
+            from.push(Endpoint::Role(role));
+        } else if let Some(net) = c.prefix(f, &format!("allow `{name}` source (or a role name)")) {
+            unprotected.push((net, format!("source of allow `{name}`"), f.span()));
+            from.push(Endpoint::Prefix(net));
+        }
+    }
+    if a.from.get_ref().is_empty() {
+        c.error(a.from.span(), format!("allow `{name}`: from is empty"));
+    }
+    let mut to = Vec::new();
+    for t in a.to.get_ref() {
+        match Role::endpoint_role(t.get_ref()) {
+            Some(role) => to.push(role),
+            None => c.error(
+                t.span(),
+                format!(
+                    "allow `{name}`: destination `{}` is not a role; destinations are roles ({})",
+                    t.get_ref(),
+                    Role::ENDPOINT_ROLES.map(|r| r.name()).join(", ")
+                ),
+            ),
+        }
+    }
+    if a.to.get_ref().is_empty() {
+        c.error(a.to.span(), format!("allow `{name}`: to is empty"));
+    }
+    let proto = proto_number(a.proto.get_ref()).unwrap_or_else(|| {
+        c.error(
+            a.proto.span(),
+            format!(
+                "allow `{name}`: protocol `{}` is unknown: use tcp, udp, icmp, icmpv6 or a number",
+                a.proto.get_ref()
+            ),
+        );
+        6
+    });
+    let has_ports = matches!(proto, 6 | 17);
+    let mut ports = Vec::new();
+    for p in &a.ports {
+        let parsed = match p.get_ref() {
+            RawPort::Number(n) if (0..=65535).contains(n) => Some((*n as u16, *n as u16)),
+            RawPort::Number(n) => {
+                c.error(
+                    p.span(),
+                    format!("allow `{name}`: port {n} is out of range: use 0 to 65535"),
+                );
+                None
+            }
+            RawPort::Range(r) => {
+                let parts = r.split_once('-').and_then(|(x, y)| {
+                    Some((x.trim().parse::<u16>().ok()?, y.trim().parse::<u16>().ok()?))
+                });
+                match parts {
+                    Some((x, y)) if x <= y => Some((x, y)),
+                    _ => {
+                        c.error(p.span(), format!("allow `{name}`: `{r}` is not a port range such as \"5065-5068\" (first <= last, at most 65535)"));
+                        None
+                    }
+                }
+            }
+        };
+        ports.extend(parsed);
+    }
+    if has_ports && a.ports.is_empty() {
+        c.error(
+            a.name.span(),
+            format!(
+                "allow `{name}`: list the ports, for example ports = [8443] or [\"5065-5068\"]"
+            ),
+        );
+    }
+    if !has_ports && !matches!(proto, 1 | 58) && !a.ports.is_empty() {
+        c.error(
+            a.ports[0].span(),
+            format!("allow `{name}`: protocol {proto} has no ports; remove ports"),
+        );
+    }
+    if ports.is_empty() {
+        ports.push((0, 65535));
+    }
+    Allow {
+        name,
+        from,
+        to,
+        proto,
+        ports,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_count_from_one() {
+        let text = "a = 1\nbb = \"x\"\n";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 6), (2, 1));
+        assert_eq!(line_column(text, 11), (2, 6));
+    }
+
+    #[test]
+    fn prefixes_reject_host_bits() {
+        assert_eq!(
+            parse_prefix("192.0.2.10"),
+            Some("192.0.2.10/32".parse().unwrap())
+        );
+        assert_eq!(
+            parse_prefix("192.0.2.0/24"),
+            Some("192.0.2.0/24".parse().unwrap())
+        );
+        assert_eq!(parse_prefix("192.0.2.1/24"), None);
+        assert_eq!(
+            parse_prefix("2001:db8::/32"),
+            Some("2001:db8::/32".parse().unwrap())
+        );
+        assert_eq!(parse_prefix("300.1.1.1"), None);
+    }
+}

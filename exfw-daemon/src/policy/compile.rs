@@ -1,0 +1,293 @@
+//! compile(config, model) -> Policy: address classes, trusted flags and rules with stable ids,
+//! plus what `explain` needs (roles of each class, provenance of each rule). Deterministic: the
+//! same config gives the same policy, byte for byte.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use exfw_common::{CLASS_EXTERNAL, proto};
+use ipnet::IpNet;
+
+use super::{Class, Policy, PolicyError, PortRange, Rule, Timeouts};
+use crate::{
+    config::{Config, Endpoint},
+    model::{Provenance, Role, Service, catalogue, source},
+};
+
+/// A compiled policy with what explains it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compiled {
+    /// What the data plane and the reference classifier run.
+    pub policy: Policy,
+    /// The roles each class stands for (class id -> roles); external (0) is implicit.
+    pub class_roles: BTreeMap<u16, Vec<Role>>,
+    /// Why each rule exists (rule id -> provenance).
+    pub provenance: BTreeMap<u32, Vec<Provenance>>,
+}
+
+impl Compiled {
+    /// The classes of every trusted role, which pass to each other unconditionally.
+    pub fn trusted_classes(&self) -> Vec<&Class> {
+        self.policy.classes.iter().filter(|c| c.trusted).collect()
+    }
+}
+
+/// Compiles a validated configuration.
+pub fn compile(config: &Config) -> Result<Compiled, PolicyError> {
+    let mut classes = ClassBuilder::default();
+    // Servers: one class per distinct role set, so combined servers keep every role's rules.
+    let mut by_roles: BTreeMap<Vec<Role>, Vec<IpNet>> = BTreeMap::new();
+    for server in &config.servers {
+        by_roles
+            .entry(server.roles.iter().copied().collect())
+            .or_default()
+            .extend(&server.addresses);
+    }
+    for (roles, prefixes) in by_roles {
+        classes.add(roles, prefixes);
+    }
+    let hosts = |list: &[crate::config::Host]| {
+        list.iter()
+            .flat_map(|h| h.addresses.iter().copied())
+            .collect::<Vec<_>>()
+    };
+    classes.add(vec![Role::Dc], hosts(&config.domain_controllers));
+    classes.add(vec![Role::Lync], hosts(&config.lync_servers));
+    classes.add(vec![Role::Dns], hosts(&config.dns_servers));
+    classes.add(vec![Role::UmGateway], hosts(&config.um_gateways));
+    classes.add(vec![Role::Clients], config.client_networks.clone());
+    classes.add(
+        vec![Role::Gateway],
+        config.management.gateway_addresses.clone(),
+    );
+    // Management and allow sources: a class per prefix, which also inherits the rules of the
+    // class it would otherwise fall into (clients, another source, or external).
+    let mut derived: BTreeSet<IpNet> = config.management.sources.iter().copied().collect();
+    for allow in &config.allows {
+        for from in &allow.from {
+            if let Endpoint::Prefix(net) = from {
+                derived.insert(*net);
+            }
+        }
+    }
+    let mut derived: Vec<IpNet> = derived.into_iter().collect();
+    derived.sort_by_key(|n| (n.prefix_len(), *n));
+    let management: BTreeSet<IpNet> = config.management.sources.iter().copied().collect();
+    let mut derived_ids = BTreeMap::new();
+    for net in &derived {
+        let (name, roles) = if management.contains(net) {
+            (format!("management {net}"), vec![Role::Management])
+        } else {
+            (format!("allow-source {net}"), vec![])
+        };
+        let id = classes.add_named(name, roles, vec![*net]);
+        derived_ids.insert(*net, id);
+    }
+
+    let mut rules = RuleBuilder::default();
+    let roles_of = |role: Role| classes.with_role(role);
+    for service in catalogue(&config.organization) {
+        rules.add_service(&service, &roles_of);
+    }
+    for port in &config.management.ports {
+        let service = Service {
+            name: "management".into(),
+            proto: proto::TCP,
+            ports: PortRange::single(*port),
+            from: vec![Role::Management],
+            to: Role::Gateway,
+            provenance: Provenance {
+                document: source::EXFW.into(),
+                row: "management access to the gateway must never be blocked ([management] in the config)".into(),
+            },
+        };
+        rules.add_service(&service, &roles_of);
+    }
+    for allow in &config.allows {
+        let mut sources = BTreeSet::new();
+        for from in &allow.from {
+            match from {
+                Endpoint::Role(role) => sources.extend(roles_of(*role)),
+                Endpoint::Prefix(net) => {
+                    sources.insert(derived_ids[net]);
+                }
+            }
+        }
+        let why = Provenance {
+            document: "config".into(),
+            row: format!("[[allow]] `{}`: {}", allow.name, allow.reason),
+        };
+        for to in &allow.to {
+            for dst in roles_of(*to) {
+                for (first, last) in &allow.ports {
+                    rules.add(
+                        &allow.name,
+                        dst,
+                        allow.proto,
+                        PortRange {
+                            first: *first,
+                            last: *last,
+                        },
+                        &sources,
+                        &why,
+                    );
+                }
+            }
+        }
+    }
+    // Inheritance, shortest prefixes first so chains resolve.
+    for net in &derived {
+        let child = derived_ids[net];
+        let parent = classes.parent_of(net, child);
+        for entry in rules.entries.values_mut() {
+            if entry.0.contains(&parent) {
+                entry.0.insert(child);
+            }
+        }
+    }
+    let (rules, provenance) = rules.finish(&classes)?;
+    let policy = Policy {
+        mode: config.mode,
+        timeouts: Timeouts {
+            tcp: Duration::from_secs(config.limits.tcp_idle_seconds),
+            udp: Duration::from_secs(config.limits.udp_idle_seconds),
+            other: Duration::from_secs(config.limits.other_idle_seconds),
+            fragment: Duration::from_secs(config.limits.fragment_seconds),
+        },
+        classes: classes.classes,
+        rules,
+    };
+    policy.validate()?;
+    Ok(Compiled {
+        policy,
+        class_roles: classes.roles,
+        provenance,
+    })
+}
+
+#[derive(Default)]
+struct ClassBuilder {
+    classes: Vec<Class>,
+    roles: BTreeMap<u16, Vec<Role>>,
+}
+
+impl ClassBuilder {
+    fn add(&mut self, roles: Vec<Role>, prefixes: Vec<IpNet>) {
+        let name = roles.iter().map(|r| r.name()).collect::<Vec<_>>().join("+");
+        self.add_named(name, roles, prefixes);
+    }
+
+    fn add_named(&mut self, name: String, roles: Vec<Role>, prefixes: Vec<IpNet>) -> u16 {
+        if prefixes.is_empty() {
+            return CLASS_EXTERNAL;
+        }
+        let id = self.classes.len() as u16 + 1;
+        let mut prefixes: Vec<IpNet> = prefixes.into_iter().map(|p| p.trunc()).collect();
+        prefixes.sort();
+        prefixes.dedup();
+        self.classes.push(Class {
+            id,
+            name,
+            protected: roles.iter().any(|r| r.protected()),
+            trusted: roles.iter().any(|r| r.trusted()),
+            prefixes,
+        });
+        self.roles.insert(id, roles);
+        id
+    }
+
+    fn with_role(&self, role: Role) -> Vec<u16> {
+        if role == Role::External {
+            return vec![CLASS_EXTERNAL];
+        }
+        self.roles
+            .iter()
+            .filter(|(_, roles)| roles.contains(&role))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The class `net` would belong to without its own class: the longest strictly wider prefix.
+    fn parent_of(&self, net: &IpNet, own: u16) -> u16 {
+        self.classes
+            .iter()
+            .filter(|c| c.id != own)
+            .flat_map(|c| c.prefixes.iter().map(move |p| (c.id, p)))
+            .filter(|(_, p)| p.prefix_len() < net.prefix_len() && p.contains(net))
+            .max_by_key(|(_, p)| p.prefix_len())
+            .map_or(CLASS_EXTERNAL, |(id, _)| id)
+    }
+}
+
+type RuleKey = (String, u16, u8, PortRange);
+
+#[derive(Default)]
+struct RuleBuilder {
+    entries: BTreeMap<RuleKey, (BTreeSet<u16>, BTreeSet<Provenance>)>,
+}
+
+impl RuleBuilder {
+    fn add_service(&mut self, s: &Service, roles_of: &impl Fn(Role) -> Vec<u16>) {
+        let sources: BTreeSet<u16> = s.from.iter().flat_map(|r| roles_of(*r)).collect();
+        for dst in roles_of(s.to) {
+            self.add(&s.name, dst, s.proto, s.ports, &sources, &s.provenance);
+        }
+    }
+
+    fn add(
+        &mut self,
+        service: &str,
+        dst: u16,
+        proto: u8,
+        ports: PortRange,
+        sources: &BTreeSet<u16>,
+        why: &Provenance,
+    ) {
+        let entry = self
+            .entries
+            .entry((service.to_string(), dst, proto, ports))
+            .or_default();
+        entry.0.extend(sources);
+        entry.1.insert(why.clone());
+    }
+
+    fn finish(
+        self,
+        classes: &ClassBuilder,
+    ) -> Result<(Vec<Rule>, BTreeMap<u32, Vec<Provenance>>), PolicyError> {
+        let name = |id: u16| {
+            classes
+                .classes
+                .iter()
+                .find(|c| c.id == id)
+                .map_or("external".to_string(), |c| c.name.clone())
+        };
+        let mut sorted: Vec<(RuleKey, (BTreeSet<u16>, BTreeSet<Provenance>))> = self
+            .entries
+            .into_iter()
+            .filter(|(_, (sources, _))| !sources.is_empty())
+            .collect();
+        sorted.sort_by_key(|((service, dst, proto, ports), _)| {
+            (service.clone(), name(*dst), *proto, *ports)
+        });
+        let mut rules = Vec::new();
+        let mut provenance = BTreeMap::new();
+        for (i, ((service, dst_class, proto, ports), (src_classes, why))) in
+            sorted.into_iter().enumerate()
+        {
+            let id = i as u32;
+            rules.push(Rule {
+                id,
+                service,
+                dst_class,
+                src_classes,
+                proto,
+                ports,
+            });
+            provenance.insert(id, why.into_iter().collect());
+        }
+        Ok((rules, provenance))
+    }
+}
