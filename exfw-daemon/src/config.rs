@@ -499,6 +499,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         errors: Vec::new(),
     };
     let config = validate(&mut c, raw);
+    c.errors.sort_by_key(|e| (e.line, e.column));
     if c.errors.is_empty() {
         Ok(config)
     } else {
@@ -640,6 +641,7 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
             "unified_messaging = true needs at least one [[um_gateway]] (the IP gateways or IP-PBXs that send SIP and RTP)",
         );
     }
+    report_overlapping_hosts(c, &owners);
     let client_networks: Vec<IpNet> = raw
         .clients
         .networks
@@ -854,15 +856,48 @@ fn host_addresses(
         let Some(net) = c.prefix(a, &owner) else {
             continue;
         };
-        for (other, other_owner, _, _) in owners.iter() {
-            if other.contains(&net) || net.contains(other) {
-                c.error(a.span(), format!("{owner} address {net} overlaps {other} of {other_owner}: each address belongs to one host"));
-            }
-        }
         owners.push((net, owner.clone(), protected, a.span()));
         out.push(net);
     }
     out
+}
+
+/// Reports every host address that overlaps an earlier one, in O(n log n): sorted by first
+/// address (wider first on a tie), an entry overlaps iff it starts before the widest end so far.
+fn report_overlapping_hosts(c: &mut Checker, owners: &[(IpNet, String, bool, Range<usize>)]) {
+    let key = |n: &IpNet| -> (bool, u128, u128) {
+        match n {
+            IpNet::V4(v) => (
+                false,
+                u32::from(v.network()).into(),
+                u32::from(v.broadcast()).into(),
+            ),
+            IpNet::V6(v) => (true, u128::from(v.network()), u128::from(v.broadcast())),
+        }
+    };
+    let mut order: Vec<usize> = (0..owners.len()).collect();
+    order.sort_by_key(|i| {
+        let (v6, first, last) = key(&owners[*i].0);
+        (v6, first, std::cmp::Reverse(last), owners[*i].3.start)
+    });
+    let mut widest: Option<(bool, u128, usize)> = None;
+    for i in order {
+        let (v6, first, last) = key(&owners[i].0);
+        match widest {
+            Some((fam, end, j)) if fam == v6 && first <= end => {
+                let (net, owner, _, span) = &owners[i];
+                let (other, other_owner, _, _) = &owners[j];
+                c.error(
+                    span.clone(),
+                    format!("{owner} address {net} overlaps {other} of {other_owner}: each address belongs to one host"),
+                );
+                if last > end {
+                    widest = Some((v6, last, i));
+                }
+            }
+            _ => widest = Some((v6, last, i)),
+        }
+    }
 }
 
 fn validate_management(
