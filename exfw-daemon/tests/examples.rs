@@ -1,0 +1,333 @@
+//! Each shipped example against a table of (source, destination, protocol, port) -> verdict
+//! cases taken from the seeds' tables, negatives included. `pass:NAME` expects a pass by the rule
+//! of service NAME; `pass:trusted` / `pass:transit` expect that reason; `deny` expects a drop
+//! (a would-drop in audit mode).
+
+use std::path::Path;
+
+use exfw_common::{Reason, Verdict, proto};
+use exfw_daemon::{
+    config,
+    policy::{Mode, Reference, compile, probe},
+};
+
+type Case = (&'static str, &'static str, &'static str, u16, &'static str);
+
+fn run(example: &str, cases: &[Case]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(example);
+    let cfg = config::load(&path).unwrap_or_else(|e| panic!("{example}: {e}"));
+    let compiled = compile(&cfg).unwrap();
+    let policy = &compiled.policy;
+    let deny = if policy.mode == Mode::Audit {
+        Verdict::WouldDrop
+    } else {
+        Verdict::Drop
+    };
+    let mut failures = Vec::new();
+    for (src, dst, p, port, expect) in cases {
+        let (src, dst) = (src.parse().unwrap(), dst.parse().unwrap());
+        let number = match (*p, std::net::IpAddr::is_ipv6(&src)) {
+            ("tcp", _) => proto::TCP,
+            ("udp", _) => proto::UDP,
+            ("icmp", false) => proto::ICMP,
+            ("icmp", true) => proto::ICMPV6,
+            other => panic!("bad protocol {other:?}"),
+        };
+        // A fresh classifier per case: every case is a new connection, not a reply.
+        let outcome = Reference::new(policy.clone())
+            .classify(&probe::frame(src, dst, number, *port, true), 0);
+        let service = outcome
+            .rule
+            .and_then(|id| policy.rule(id))
+            .map(|r| r.service.as_str());
+        let ok = match *expect {
+            "deny" => outcome.verdict == deny && outcome.reason == Reason::Policy,
+            "pass:trusted" => outcome.verdict == Verdict::Pass && outcome.reason == Reason::Trusted,
+            "pass:transit" => outcome.verdict == Verdict::Pass && outcome.reason == Reason::Transit,
+            e => outcome.verdict == Verdict::Pass && Some(&e[5..]) == service,
+        };
+        if !ok {
+            failures.push(format!(
+                "{src} -> {dst} {p}/{port}: expected {expect}, got {:?}/{:?} rule {service:?}",
+                outcome.verdict, outcome.reason
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{example}:\n{}", failures.join("\n"));
+    assert!(cases.len() >= 40, "{example}: only {} cases", cases.len());
+    let denied = cases.iter().filter(|c| c.4 == "deny").count();
+    eprintln!(
+        "{example}: {} cases ({} allowed, {denied} denied) agree",
+        cases.len(),
+        cases.len() - denied
+    );
+}
+
+const EXT: &str = "203.0.113.9";
+
+#[test]
+fn exchange2013_without_edge() {
+    let (cas1, cas2, mbx1, mbx2, dc, dns, client, mgmt) = (
+        "192.0.2.11",
+        "192.0.2.12",
+        "192.0.2.21",
+        "192.0.2.22",
+        "192.0.2.5",
+        "203.0.113.53",
+        "198.51.100.7",
+        "198.51.100.250",
+    );
+    run(
+        "exchange2013-no-edge.toml",
+        &[
+            (EXT, cas1, "tcp", 443, "pass:https"),
+            (EXT, cas2, "tcp", 443, "pass:https"),
+            (client, cas1, "tcp", 443, "pass:https"),
+            (EXT, cas1, "tcp", 80, "pass:http"),
+            (client, cas2, "tcp", 80, "pass:http"),
+            (EXT, cas1, "tcp", 587, "pass:smtp-submission"),
+            (client, cas1, "tcp", 587, "pass:smtp-submission"),
+            (EXT, cas1, "tcp", 25, "pass:smtp-inbound"),
+            (EXT, cas2, "tcp", 25, "pass:smtp-inbound"),
+            (mbx1, "203.0.113.77", "tcp", 25, "pass:smtp-outbound"),
+            (mbx2, "203.0.113.77", "tcp", 25, "pass:smtp-outbound"),
+            (mbx1, dns, "udp", 53, "pass:dns"),
+            (mbx1, dns, "tcp", 53, "pass:dns"),
+            (cas1, dns, "udp", 53, "pass:dns"),
+            (cas1, mbx1, "tcp", 49152, "pass:trusted"),
+            (mbx1, cas1, "tcp", 61000, "pass:trusted"),
+            (mbx1, dc, "tcp", 389, "pass:trusted"),
+            (dc, mbx1, "tcp", 55555, "pass:trusted"),
+            (cas1, dc, "udp", 88, "pass:trusted"),
+            (mbx1, mbx2, "udp", 3343, "pass:trusted"),
+            (mbx1, dc, "icmp", 8, "pass:trusted"),
+            (client, cas1, "icmp", 8, "pass:icmp-echo"),
+            (mgmt, cas1, "icmp", 8, "pass:icmp-echo"),
+            (mgmt, "192.0.2.1", "tcp", 22, "pass:management"),
+            (mgmt, cas1, "tcp", 443, "pass:https"),
+            (EXT, "203.0.113.10", "tcp", 3389, "pass:transit"),
+            (client, EXT, "tcp", 443, "pass:transit"),
+            (EXT, mbx1, "tcp", 443, "deny"),
+            (EXT, mbx1, "tcp", 25, "deny"),
+            (EXT, mbx2, "tcp", 135, "deny"),
+            (EXT, cas1, "tcp", 110, "deny"),
+            (EXT, cas1, "tcp", 995, "deny"),
+            (EXT, cas1, "tcp", 143, "deny"),
+            (client, cas1, "tcp", 993, "deny"),
+            (EXT, cas1, "tcp", 3389, "deny"),
+            (EXT, cas1, "tcp", 445, "deny"),
+            (EXT, dc, "tcp", 389, "deny"),
+            (EXT, dc, "tcp", 445, "deny"),
+            (client, cas1, "tcp", 135, "deny"),
+            (EXT, cas1, "tcp", 50636, "deny"),
+            (cas1, "203.0.113.77", "tcp", 25, "deny"),
+            (mbx1, "203.0.113.77", "tcp", 443, "deny"),
+            (EXT, cas1, "icmp", 8, "deny"),
+            (EXT, cas1, "udp", 53, "deny"),
+            (mbx1, dns, "udp", 123, "deny"),
+            (cas1, "192.0.2.1", "tcp", 22, "deny"),
+        ],
+    );
+}
+
+#[test]
+fn exchange2016_with_subscribed_edge() {
+    let (mbx1, mbx2, edge, dc, lync, dns, client, lob, mgmt) = (
+        "192.0.2.21",
+        "192.0.2.22",
+        "192.0.2.130",
+        "192.0.2.5",
+        "192.0.2.40",
+        "192.0.2.53",
+        "198.51.100.7",
+        "198.51.100.200",
+        "198.51.100.250",
+    );
+    let (mbx1_v6, dc_v6, ext_v6) = ("2001:db8:21::21", "2001:db8:21::5", "2001:db8:ffff::9");
+    run(
+        "exchange2016-edge.toml",
+        &[
+            (EXT, mbx1, "tcp", 443, "pass:https"),
+            (EXT, mbx1, "tcp", 80, "pass:http"),
+            (EXT, mbx1, "tcp", 143, "pass:imap4"),
+            (EXT, mbx2, "tcp", 993, "pass:imap4s"),
+            (EXT, mbx1, "tcp", 587, "pass:smtp-submission"),
+            (client, mbx2, "tcp", 443, "pass:https"),
+            (EXT, edge, "tcp", 25, "pass:smtp-inbound"),
+            (edge, mbx1, "tcp", 25, "pass:smtp-inbound-relay"),
+            (mbx2, edge, "tcp", 25, "pass:smtp-outbound-relay"),
+            (edge, "203.0.113.77", "tcp", 25, "pass:smtp-outbound"),
+            (mbx1, edge, "tcp", 50636, "pass:edgesync"),
+            (edge, dns, "udp", 53, "pass:dns"),
+            (edge, dns, "tcp", 53, "pass:dns"),
+            (mbx1, dns, "udp", 53, "pass:dns"),
+            (mbx1, lync, "tcp", 5061, "pass:trusted"),
+            (lync, mbx1, "tcp", 5062, "pass:trusted"),
+            (mbx1, dc, "tcp", 389, "pass:trusted"),
+            (dc, mbx1, "tcp", 49800, "pass:trusted"),
+            (mbx1, mbx2, "tcp", 64327, "pass:trusted"),
+            (mbx1, mbx2, "udp", 3343, "pass:trusted"),
+            (ext_v6, mbx1_v6, "tcp", 443, "pass:https"),
+            (mbx1_v6, dc_v6, "tcp", 3268, "pass:trusted"),
+            (lob, mbx1, "tcp", 2525, "pass:lob-relay"),
+            (mgmt, "192.0.2.1", "tcp", 22, "pass:management"),
+            (client, mbx1, "icmp", 8, "pass:icmp-echo"),
+            (client, edge, "icmp", 8, "pass:icmp-echo"),
+            (EXT, mbx1, "tcp", 25, "deny"),
+            (EXT, edge, "tcp", 50636, "deny"),
+            (edge, dc, "tcp", 389, "deny"),
+            (edge, dc, "udp", 88, "deny"),
+            (edge, mbx1, "tcp", 443, "deny"),
+            (edge, mbx1, "tcp", 50636, "deny"),
+            (EXT, mbx1, "tcp", 110, "deny"),
+            (EXT, mbx1, "tcp", 995, "deny"),
+            (EXT, mbx1, "tcp", 3389, "deny"),
+            (EXT, mbx1, "tcp", 445, "deny"),
+            (EXT, edge, "tcp", 443, "deny"),
+            (EXT, edge, "tcp", 3389, "deny"),
+            (lob, mbx2, "tcp", 2526, "deny"),
+            (client, mbx1, "tcp", 2525, "deny"),
+            (mbx1, "203.0.113.77", "tcp", 25, "deny"),
+            (ext_v6, mbx1_v6, "tcp", 25, "deny"),
+            (ext_v6, dc_v6, "tcp", 389, "deny"),
+            (edge, lync, "tcp", 5061, "deny"),
+            (EXT, dc, "udp", 53, "deny"),
+            (edge, "203.0.113.77", "tcp", 443, "deny"),
+        ],
+    );
+}
+
+#[test]
+fn exchange2010_with_static_rpc_ports() {
+    let (cas, hub, mbx, um, dc, dns, client, pbx) = (
+        "192.0.2.11",
+        "192.0.2.31",
+        "192.0.2.21",
+        "192.0.2.41",
+        "192.0.2.5",
+        "203.0.113.53",
+        "198.51.100.7",
+        "198.51.100.240",
+    );
+    run(
+        "exchange2010-static-rpc.toml",
+        &[
+            (client, cas, "tcp", 135, "pass:rpc-epm"),
+            (client, cas, "tcp", 59531, "pass:rpc-ca"),
+            (client, cas, "tcp", 59532, "pass:rpc-ab"),
+            (client, mbx, "tcp", 59531, "pass:rpc-ca"),
+            (client, mbx, "tcp", 135, "pass:rpc-epm"),
+            (EXT, cas, "tcp", 443, "pass:https"),
+            (client, cas, "tcp", 443, "pass:https"),
+            (EXT, cas, "tcp", 80, "pass:http"),
+            (EXT, cas, "tcp", 110, "pass:pop3"),
+            (EXT, cas, "tcp", 995, "pass:pop3s"),
+            (EXT, cas, "tcp", 587, "pass:smtp-submission"),
+            (EXT, hub, "tcp", 25, "pass:smtp-inbound"),
+            (hub, "203.0.113.77", "tcp", 25, "pass:smtp-outbound"),
+            (hub, dns, "udp", 53, "pass:dns"),
+            (cas, dns, "udp", 53, "pass:dns"),
+            (pbx, um, "tcp", 5060, "pass:sip"),
+            (pbx, um, "tcp", 5061, "pass:sips"),
+            (pbx, um, "udp", 20000, "pass:rtp"),
+            (um, hub, "tcp", 25, "pass:trusted"),
+            (cas, mbx, "tcp", 6001, "pass:trusted"),
+            (hub, dc, "tcp", 3268, "pass:trusted"),
+            (mbx, dc, "udp", 389, "pass:trusted"),
+            (client, cas, "icmp", 8, "pass:icmp-echo"),
+            (cas, hub, "tcp", 2525, "pass:trusted"),
+            (dc, um, "tcp", 135, "pass:trusted"),
+            (EXT, cas, "tcp", 135, "deny"),
+            (EXT, cas, "tcp", 59531, "deny"),
+            (client, hub, "tcp", 59531, "deny"),
+            (client, cas, "tcp", 59533, "deny"),
+            (client, mbx, "tcp", 59532, "deny"),
+            (EXT, mbx, "tcp", 443, "deny"),
+            (EXT, cas, "tcp", 25, "deny"),
+            (EXT, mbx, "tcp", 25, "deny"),
+            (EXT, cas, "tcp", 143, "deny"),
+            (EXT, um, "tcp", 5060, "deny"),
+            (client, um, "tcp", 5060, "deny"),
+            (pbx, cas, "tcp", 5060, "deny"),
+            (pbx, mbx, "udp", 20000, "deny"),
+            (mbx, "203.0.113.77", "tcp", 25, "deny"),
+            (EXT, dc, "tcp", 445, "deny"),
+            (EXT, hub, "tcp", 50636, "deny"),
+            (hub, "203.0.113.77", "tcp", 443, "deny"),
+            (EXT, cas, "tcp", 3389, "deny"),
+        ],
+    );
+}
+
+#[test]
+fn exchange2019_with_imap4_and_ipv6() {
+    let (mbx1, mbx2, dc1, dc2, dns, client) = (
+        "192.0.2.21",
+        "192.0.2.22",
+        "192.0.2.5",
+        "192.0.2.6",
+        "203.0.113.53",
+        "198.51.100.7",
+    );
+    let (mbx1_6, mbx2_6, dc1_6, dc2_6, dns_6, client_6, mgmt_6, ext_6, gw_6) = (
+        "2001:db8:21::21",
+        "2001:db8:21::22",
+        "2001:db8:21::5",
+        "2001:db8:21::6",
+        "2001:db8:53::53",
+        "2001:db8:100::7",
+        "2001:db8:100::250",
+        "2001:db8:ffff::9",
+        "2001:db8:21::1",
+    );
+    run(
+        "exchange2019-imap-ipv6.toml",
+        &[
+            (EXT, mbx1, "tcp", 443, "pass:https"),
+            (ext_6, mbx1_6, "tcp", 443, "pass:https"),
+            (client_6, mbx1_6, "tcp", 443, "pass:https"),
+            (client, mbx2, "tcp", 993, "pass:imap4s"),
+            (EXT, mbx1, "tcp", 143, "pass:imap4"),
+            (ext_6, mbx2_6, "tcp", 993, "pass:imap4s"),
+            (EXT, mbx1, "tcp", 587, "pass:smtp-submission"),
+            (EXT, mbx1, "tcp", 25, "pass:smtp-inbound"),
+            (ext_6, mbx1_6, "tcp", 25, "pass:smtp-inbound"),
+            (mbx1, "203.0.113.77", "tcp", 25, "pass:smtp-outbound"),
+            (mbx1_6, "2001:db8:ffff::25", "tcp", 25, "pass:smtp-outbound"),
+            (mbx1, dns, "udp", 53, "pass:dns"),
+            (mbx2_6, dns_6, "udp", 53, "pass:dns"),
+            (mbx1_6, dns_6, "tcp", 53, "pass:dns"),
+            (mbx1, mbx2, "tcp", 135, "pass:trusted"),
+            (mbx1_6, dc1_6, "tcp", 88, "pass:trusted"),
+            (mbx2, dc2, "udp", 389, "pass:trusted"),
+            (dc2_6, mbx2_6, "tcp", 49152, "pass:trusted"),
+            (dc1, mbx1, "udp", 53, "pass:trusted"),
+            (client_6, mbx1_6, "icmp", 128, "pass:icmpv6-echo"),
+            (client, mbx1, "icmp", 8, "pass:icmp-echo"),
+            (mgmt_6, gw_6, "tcp", 22, "pass:management"),
+            (mgmt_6, gw_6, "tcp", 9720, "pass:management"),
+            (mgmt_6, mbx1_6, "icmp", 128, "pass:icmpv6-echo"),
+            (mgmt_6, mbx1_6, "tcp", 443, "pass:https"),
+            (client, EXT, "tcp", 443, "pass:transit"),
+            (EXT, mbx1, "tcp", 80, "deny"),
+            (ext_6, mbx1_6, "tcp", 80, "deny"),
+            (EXT, mbx1, "tcp", 110, "deny"),
+            (EXT, mbx1, "tcp", 995, "deny"),
+            (EXT, mbx1, "tcp", 3389, "deny"),
+            (ext_6, dc1_6, "tcp", 389, "deny"),
+            (EXT, dc1, "udp", 53, "deny"),
+            (client, mbx1, "tcp", 135, "deny"),
+            (mbx1, "203.0.113.77", "tcp", 443, "deny"),
+            (mbx1_6, "2001:db8:ffff::1", "tcp", 80, "deny"),
+            (EXT, mbx1, "icmp", 8, "deny"),
+            (ext_6, mbx1_6, "icmp", 128, "deny"),
+            (EXT, mbx2, "tcp", 50636, "deny"),
+            (client_6, mbx1_6, "tcp", 445, "deny"),
+            (mbx1, dns, "udp", 123, "deny"),
+            (mbx1_6, gw_6, "tcp", 22, "deny"),
+            (ext_6, mbx2_6, "udp", 53, "deny"),
+        ],
+    );
+}
