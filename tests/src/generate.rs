@@ -394,3 +394,184 @@ impl<'a> Stream<'a> {
         }
     }
 }
+
+/// A random valid configuration: any Exchange version, its roles, options, extra allow entries,
+/// management access, IPv4 and IPv6. Every address is distinct by construction.
+pub fn config(rng: &mut StdRng) -> exfw_daemon::config::Config {
+    use exfw_daemon::{
+        config::{
+            Allow, Config, Endpoint, ExchangeVersion, Host, Limits, Management, Organization,
+            Server,
+        },
+        model::Role,
+    };
+    let exchange = *[
+        ExchangeVersion::V2010,
+        ExchangeVersion::V2013,
+        ExchangeVersion::V2016,
+        ExchangeVersion::V2019,
+        ExchangeVersion::SubscriptionEdition,
+    ]
+    .choose(rng)
+    .unwrap();
+    let server_roles: &[Role] = match exchange {
+        ExchangeVersion::V2010 => &[Role::Cas, Role::Mailbox, Role::Hub, Role::Um],
+        ExchangeVersion::V2013 => &[Role::Cas, Role::Mailbox],
+        _ => &[Role::Mailbox],
+    };
+    let mut next_host = 10u8;
+    let mut host = |rng: &mut StdRng| -> Vec<IpNet> {
+        next_host += 1;
+        let mut out = vec![format!("192.0.2.{next_host}/32").parse().unwrap()];
+        if rng.random_bool(0.5) {
+            out.push(format!("2001:db8:21::{next_host:x}/128").parse().unwrap());
+        }
+        out
+    };
+    let mut servers = Vec::new();
+    for i in 0..rng.random_range(1..=6) {
+        let mut roles = std::collections::BTreeSet::new();
+        for _ in 0..rng.random_range(1..=2) {
+            roles.insert(*server_roles.choose(rng).unwrap());
+        }
+        servers.push(Server {
+            name: format!("EX{i}"),
+            roles,
+            addresses: host(rng),
+            site: None,
+        });
+    }
+    let edges = rng.random_range(0..=2);
+    for i in 0..edges {
+        servers.push(Server {
+            name: format!("EDGE{i}"),
+            roles: [Role::Edge].into(),
+            addresses: host(rng),
+            site: None,
+        });
+    }
+    let hosts = |prefix: &str,
+                 n: usize,
+                 rng: &mut StdRng,
+                 host: &mut dyn FnMut(&mut StdRng) -> Vec<IpNet>|
+     -> Vec<Host> {
+        (0..n)
+            .map(|i| Host {
+                name: format!("{prefix}{i}"),
+                addresses: host(rng),
+            })
+            .collect()
+    };
+    let domain_controllers = hosts("DC", rng.random_range(1..=2), rng, &mut host);
+    let lync_servers = hosts("SFB", rng.random_range(0..=1), rng, &mut host);
+    let unified_messaging = exchange < ExchangeVersion::V2019 && rng.random_bool(0.3);
+    let um_gateways = if unified_messaging {
+        vec![Host {
+            name: "pbx".into(),
+            addresses: vec!["198.51.100.240/32".parse().unwrap()],
+        }]
+    } else {
+        vec![]
+    };
+    let client_networks: Vec<IpNet> = if rng.random_bool(0.7) {
+        vec![
+            "198.51.100.0/25".parse().unwrap(),
+            "2001:db8:100::/48".parse().unwrap(),
+        ]
+    } else {
+        vec![]
+    };
+    let protected_roles = [Role::Mailbox, Role::Edge, Role::Cas, Role::Hub, Role::Dc];
+    let allows = (0..rng.random_range(0..=3))
+        .map(|i| {
+            let from = match rng.random_range(0..3) {
+                0 => Endpoint::Role(
+                    *[Role::External, Role::Clients, Role::Edge]
+                        .choose(rng)
+                        .unwrap(),
+                ),
+                1 => Endpoint::Prefix("198.51.100.200/32".parse().unwrap()),
+                _ => Endpoint::Prefix("198.51.100.64/28".parse().unwrap()),
+            };
+            let first = rng.random_range(1..=65000u16);
+            Allow {
+                name: format!("extra{i}"),
+                from: vec![from],
+                to: vec![*protected_roles.choose(rng).unwrap()],
+                proto: *[6u8, 17].choose(rng).unwrap(),
+                ports: vec![(first, first + rng.random_range(0..=20u16))],
+                reason: "generated".into(),
+            }
+        })
+        .collect();
+    let management = if rng.random_bool(0.5) {
+        Management {
+            sources: vec!["198.51.100.250/32".parse().unwrap()],
+            gateway_addresses: vec!["192.0.2.254/32".parse().unwrap()],
+            ports: vec![22],
+        }
+    } else {
+        Management::default()
+    };
+    Config {
+        mode: exfw_daemon::policy::Mode::Enforce,
+        organization: Organization {
+            exchange,
+            edge_subscribed: edges > 0,
+            pop3: rng.random_bool(0.5),
+            imap4: rng.random_bool(0.5),
+            http: rng.random_bool(0.7),
+            smtp_client_on_25: rng.random_bool(0.2),
+            outbound_proxy_through_cas: rng.random_bool(0.3),
+            static_rpc_ports: (exchange == ExchangeVersion::V2010 && rng.random_bool(0.6))
+                .then_some((59531, 59532)),
+            unified_messaging,
+            icmp_echo: rng.random_bool(0.7),
+        },
+        servers,
+        domain_controllers,
+        lync_servers,
+        dns_servers: vec![Host {
+            name: "dns".into(),
+            addresses: vec![
+                "203.0.113.53/32".parse().unwrap(),
+                "2001:db8:53::53/128".parse().unwrap(),
+            ],
+        }],
+        um_gateways,
+        client_networks,
+        allows,
+        management,
+        interfaces: vec![],
+        limits: Limits::default(),
+        metrics_listen: "127.0.0.1:9720".parse().unwrap(),
+    }
+}
+
+/// Addresses worth probing in a compiled policy: one host of every class prefix, and outsiders.
+pub fn probe_addresses(policy: &Policy) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = policy
+        .classes
+        .iter()
+        .flat_map(|c| &c.prefixes)
+        .map(|n| match n {
+            IpNet::V4(v) if v.prefix_len() < 32 => {
+                IpAddr::V4(Ipv4Addr::from(u32::from(v.network()) + 1))
+            }
+            IpNet::V6(v) if v.prefix_len() < 128 => {
+                IpAddr::V6(Ipv6Addr::from(u128::from(v.network()) + 7))
+            }
+            other => other.addr(),
+        })
+        .collect();
+    out.extend(
+        [
+            "203.0.113.9",
+            "203.0.113.77",
+            "2001:db8:ffff::9",
+            "198.51.100.201",
+        ]
+        .map(|a| a.parse::<IpAddr>().unwrap()),
+    );
+    out
+}
