@@ -41,6 +41,9 @@ impl Namespace {
         sh(&["ip", "netns", "add", &name]);
         let ns = Namespace { name };
         ns.ip(&["link", "set", "lo", "up"]);
+        // No duplicate-address detection: addresses (link-local ones included) are usable at
+        // once instead of tentative for the first seconds.
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]);
         ns
     }
 
@@ -131,6 +134,150 @@ pub fn remove_stale() {
             && !std::path::Path::new(&format!("/proc/{pid}")).exists()
         {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// Three namespaces: `outside` -- `gateway` (forwarding) -- `inside`, joined by veth pairs
+/// (`out0`/`eth0` and `in0`/`eth0`). The gateway takes the first host address of every subnet
+/// the other two use; outside routes the inside subnets through it, inside routes everything.
+pub struct Topology {
+    /// The Internet side.
+    pub outside: Namespace,
+    /// The router, where the firewall runs on `out0` and `in0`.
+    pub gateway: Namespace,
+    /// The protected side.
+    pub inside: Namespace,
+}
+
+fn first_host(net: &ipnet::IpNet) -> String {
+    match net {
+        ipnet::IpNet::V4(n) => format!(
+            "{}/{}",
+            std::net::Ipv4Addr::from(u32::from(n.network()) + 1),
+            n.prefix_len()
+        ),
+        ipnet::IpNet::V6(n) => format!(
+            "{}/{}",
+            std::net::Ipv6Addr::from(u128::from(n.network()) + 1),
+            n.prefix_len()
+        ),
+    }
+}
+
+impl Topology {
+    /// Builds the topology; addresses are `address/prefix-length`.
+    pub fn new(outside_addresses: &[&str], inside_addresses: &[&str]) -> Topology {
+        remove_stale();
+        let outside = Namespace::new("out");
+        let gateway = Namespace::new("gw");
+        let inside = Namespace::new("in");
+        gateway.ip(&[
+            "link",
+            "add",
+            "out0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            outside.name(),
+        ]);
+        gateway.ip(&[
+            "link",
+            "add",
+            "in0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            inside.name(),
+        ]);
+        let mut gateway_of: Vec<(ipnet::IpNet, String)> = Vec::new();
+        for (ns, dev, addresses) in [
+            (&outside, "out0", outside_addresses),
+            (&inside, "in0", inside_addresses),
+        ] {
+            for address in addresses {
+                let with_len: ipnet::IpNet = address
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{address}: want address/length"));
+                ns.ip(&["addr", "add", address, "dev", "eth0", "nodad"]);
+                let subnet = with_len.trunc();
+                if !gateway_of.iter().any(|(s, _)| *s == subnet) {
+                    let gw = first_host(&subnet);
+                    gateway.ip(&["addr", "add", &gw, "dev", dev, "nodad"]);
+                    gateway_of.push((subnet, gw.split('/').next().unwrap().to_string()));
+                }
+            }
+        }
+        for (ns, devs) in [
+            (&outside, &["eth0"][..]),
+            (&gateway, &["out0", "in0"][..]),
+            (&inside, &["eth0"][..]),
+        ] {
+            for dev in devs {
+                ns.ip(&["link", "set", dev, "up"]);
+            }
+        }
+        let via = |addresses: &[&str], v6: bool| -> Option<String> {
+            addresses
+                .iter()
+                .map(|a| a.parse::<ipnet::IpNet>().unwrap().trunc())
+                .find(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
+                .map(|subnet| {
+                    gateway_of
+                        .iter()
+                        .find(|(s, _)| *s == subnet)
+                        .unwrap()
+                        .1
+                        .clone()
+                })
+        };
+        for inside_address in inside_addresses {
+            let subnet = inside_address.parse::<ipnet::IpNet>().unwrap().trunc();
+            let v6 = matches!(subnet, ipnet::IpNet::V6(_));
+            if let Some(hop) = via(outside_addresses, v6) {
+                let family = if v6 { "-6" } else { "-4" };
+                let _ = Command::new("ip")
+                    .args([
+                        "-n",
+                        outside.name(),
+                        family,
+                        "route",
+                        "replace",
+                        &subnet.to_string(),
+                        "via",
+                        &hop,
+                    ])
+                    .status();
+            }
+        }
+        for v6 in [false, true] {
+            if let Some(hop) = via(inside_addresses, v6) {
+                inside.ip(&[
+                    if v6 { "-6" } else { "-4" },
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &hop,
+                ]);
+            }
+        }
+        gateway.exec(&[
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+        Topology {
+            outside,
+            gateway,
+            inside,
         }
     }
 }

@@ -29,15 +29,13 @@ use exfw_daemon::{
     policy::{Class, Policy, PortRange, Rule},
 };
 use exfw_tests::{
-    netns::{Namespace, remove_stale},
+    netns::{Namespace, Topology, remove_stale},
     packet::{L4, Spec, build},
     require_root,
 };
 use socket2::{Domain, Socket, Type};
 
 const CAS: u16 = 1;
-const OUTSIDE_MAC: &str = "02:00:00:00:00:01";
-const GATEWAY_MAC: &str = "02:00:00:00:00:02";
 const BLOCKED_WAIT: Duration = Duration::from_millis(1500);
 
 fn policy() -> Policy {
@@ -91,108 +89,36 @@ fn policy() -> Policy {
 struct Lab {
     // Field order is drop order: the data plane goes before the namespaces.
     dataplane: Dataplane,
-    outside: Namespace,
-    _gateway: Namespace,
-    inside: Namespace,
+    net: Topology,
 }
 
 impl Lab {
     fn new(mode: AttachMode) -> (Lab, AttachedMode) {
         require_root();
-        remove_stale();
-        let outside = Namespace::new("out");
-        let gateway = Namespace::new("gw");
-        let inside = Namespace::new("in");
-        gateway.ip(&[
-            "link",
-            "add",
-            "out0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            outside.name(),
-        ]);
-        gateway.ip(&[
-            "link",
-            "add",
-            "in0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            inside.name(),
-        ]);
-        outside.ip(&["link", "set", "eth0", "address", OUTSIDE_MAC]);
-        gateway.ip(&["link", "set", "out0", "address", GATEWAY_MAC]);
-        for addr in [
-            "203.0.113.2/24",
-            "203.0.113.10/24",
-            "203.0.113.53/24",
-            "203.0.113.66/24",
-        ] {
-            outside.ip(&["addr", "add", addr, "dev", "eth0"]);
-        }
-        outside.ip(&["addr", "add", "2001:db8:1::2/64", "dev", "eth0", "nodad"]);
-        gateway.ip(&["addr", "add", "203.0.113.1/24", "dev", "out0"]);
-        gateway.ip(&["addr", "add", "2001:db8:1::1/64", "dev", "out0", "nodad"]);
-        gateway.ip(&["addr", "add", "192.0.2.1/24", "dev", "in0"]);
-        gateway.ip(&["addr", "add", "2001:db8:2::1/64", "dev", "in0", "nodad"]);
-        inside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
-        inside.ip(&["addr", "add", "2001:db8:2::2/64", "dev", "eth0", "nodad"]);
-        for (ns, devs) in [
-            (&outside, &["eth0"][..]),
-            (&gateway, &["out0", "in0"][..]),
-            (&inside, &["eth0"][..]),
-        ] {
-            for dev in devs {
-                ns.ip(&["link", "set", dev, "up"]);
-            }
-        }
-        outside.ip(&["route", "add", "192.0.2.0/24", "via", "203.0.113.1"]);
-        outside.ip(&[
-            "-6",
-            "route",
-            "add",
-            "2001:db8:2::/64",
-            "via",
-            "2001:db8:1::1",
-        ]);
-        inside.ip(&["route", "add", "default", "via", "192.0.2.1"]);
-        inside.ip(&["-6", "route", "add", "default", "via", "2001:db8:2::1"]);
-        gateway.exec(&[
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-        ]);
-
+        let net = Topology::new(
+            &[
+                "203.0.113.2/24",
+                "203.0.113.10/24",
+                "203.0.113.53/24",
+                "203.0.113.66/24",
+                "2001:db8:1::2/64",
+            ],
+            &["192.0.2.2/24", "2001:db8:2::2/64"],
+        );
         let mut dataplane = Dataplane::load(LoadOptions::default()).expect("load the XDP program");
         dataplane.apply(&policy()).expect("apply the policy");
-        let attached = gateway.run(|| {
+        let attached = net.gateway.run(|| {
             let a = dataplane.attach("out0", mode).expect("attach to out0");
             let b = dataplane.attach("in0", mode).expect("attach to in0");
             assert_eq!(a, b);
             a
         });
-        (
-            Lab {
-                dataplane,
-                outside,
-                _gateway: gateway,
-                inside,
-            },
-            attached,
-        )
+        (Lab { dataplane, net }, attached)
     }
 
     /// Listens on `port` inside on both families; the kernel backlog completes handshakes.
     fn listen(&self, port: u16) -> Vec<TcpListener> {
-        self.inside.run(|| {
+        self.net.inside.run(|| {
             ["192.0.2.2", "[2001:db8:2::2]"]
                 .iter()
                 .map(|a| TcpListener::bind(format!("{a}:{port}")).expect("listen"))
@@ -204,7 +130,7 @@ impl Lab {
     fn connect(&self, src: &str, dst: &str) -> Result<(), ErrorKind> {
         let src: IpAddr = src.parse().unwrap();
         let dst: SocketAddr = dst.parse().unwrap();
-        self.outside.run(|| {
+        self.net.outside.run(|| {
             let socket = Socket::new(Domain::for_address(dst), Type::STREAM, None).unwrap();
             socket.bind(&SocketAddr::new(src, 0).into()).unwrap();
             socket
@@ -238,7 +164,7 @@ impl Lab {
 
     /// Sends a raw frame out of the outside namespace's eth0.
     fn inject(&self, frame: &[u8]) {
-        self.outside.run(|| {
+        self.net.outside.run(|| {
             // SAFETY: plain socket calls on a fresh AF_PACKET socket with a zeroed sockaddr_ll.
             unsafe {
                 let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
@@ -330,9 +256,13 @@ fn check_real_traffic(mode: AttachMode, expected_mode: AttachedMode) {
 
     // DNS: the protected host's query gets its reply through the flow table...
     let server = lab
+        .net
         .outside
         .run(|| UdpSocket::bind("203.0.113.53:53").unwrap());
-    let client = lab.inside.run(|| UdpSocket::bind("192.0.2.2:0").unwrap());
+    let client = lab
+        .net
+        .inside
+        .run(|| UdpSocket::bind("192.0.2.2:0").unwrap());
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -355,6 +285,7 @@ fn check_real_traffic(mode: AttachMode, expected_mode: AttachedMode) {
     // ...while an unsolicited packet to the same ephemeral port from elsewhere drops.
     let ephemeral = client.local_addr().unwrap().port();
     let stranger = lab
+        .net
         .outside
         .run(|| UdpSocket::bind("203.0.113.66:53").unwrap());
     stranger

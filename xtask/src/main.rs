@@ -25,6 +25,7 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "bpftool",
+    "nftables",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
