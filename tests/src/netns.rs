@@ -43,7 +43,12 @@ impl Namespace {
         ns.ip(&["link", "set", "lo", "up"]);
         // No duplicate-address detection: addresses (link-local ones included) are usable at
         // once instead of tentative for the first seconds.
-        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]);
+        ns.exec(&[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ]);
         ns
     }
 

@@ -48,7 +48,7 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run the data-plane benchmarks; prints a table and writes target/bench/dataplane.json.
+    /// Run the data-plane benchmarks; prints a table and writes target/bench/exfw.json.
     Bench,
 }
 
@@ -206,6 +206,6 @@ fn bench() -> Result<()> {
         "--bin",
         "exfw-bench",
         "--",
-        "target/bench/dataplane.json",
+        "target/bench/exfw.json",
     ]))
 }

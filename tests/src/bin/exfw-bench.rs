@@ -1,6 +1,7 @@
 //! Data-plane benchmark: BPF_PROG_TEST_RUN nanoseconds per packet for allowed, trusted and
 //! dropped packets under a small and a 10,000-server policy, against an empty XDP_PASS program
-//! measured in the same run. Prints a table and writes JSON to the path given as argument.
+//! measured in the same run; config parse, validation and compile times for a 10,000-server
+//! organisation against the shipped example. Prints tables and writes JSON to the path given.
 
 use std::{collections::BTreeSet, net::IpAddr};
 
@@ -111,6 +112,85 @@ fn median_ns(dp: &Dataplane, program: &str, frame: &[u8]) -> f64 {
     samples[SAMPLES / 2]
 }
 
+/// A config file with `servers` Mailbox servers and `networks` client networks.
+fn large_config(servers: u32, networks: u32) -> String {
+    let mut text = String::from(
+        "version = 1\nmode = \"enforce\"\n\n[organization]\nexchange = \"2019\"\nimap4 = true\n\n",
+    );
+    for i in 0..servers {
+        text.push_str(&format!(
+            "[[server]]\nname = \"EX{i:05}\"\nroles = [\"mailbox\"]\naddresses = [\"10.{}.{}.{}\"]\n\n",
+            1 + i / 65536,
+            (i / 256) % 256,
+            i % 256
+        ));
+    }
+    text.push_str("[[domain_controller]]\nname = \"DC01\"\naddresses = [\"192.0.2.5\"]\n\n[clients]\nnetworks = [");
+    let nets: Vec<String> = (0..networks)
+        .map(|i| format!("\"10.200.{}.{}/30\"", i / 64, (i % 64) * 4))
+        .collect();
+    text.push_str(&nets.join(", "));
+    text.push_str("]\n");
+    text
+}
+
+/// Median wall time of `f` over SAMPLES runs, in milliseconds.
+fn median_ms(mut f: impl FnMut()) -> f64 {
+    let mut samples: Vec<f64> = (0..SAMPLES)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[SAMPLES / 2]
+}
+
+/// Config parse + validation and compile times: the 10,000-server organisation against the
+/// shipped 2016 example.
+fn compile_rows() -> Vec<(String, String, f64, f64)> {
+    use exfw_daemon::{config, policy::compile};
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/exchange2016-edge.toml"
+    ))
+    .unwrap();
+    let large = large_config(10_000, 1_000);
+    let check_small = median_ms(|| drop(config::parse(&example, "example").unwrap()));
+    let check_large = median_ms(|| drop(config::parse(&large, "large").unwrap()));
+    let small_cfg = config::parse(&example, "example").unwrap();
+    let large_cfg = config::parse(&large, "large").unwrap();
+    let compile_small = median_ms(|| drop(compile(&small_cfg).unwrap()));
+    let compile_large = median_ms(|| drop(compile(&large_cfg).unwrap()));
+    vec![
+        (
+            "example (baseline)".into(),
+            "parse + validate".into(),
+            check_small,
+            1.0,
+        ),
+        (
+            "10k servers, 1k nets".into(),
+            "parse + validate".into(),
+            check_large,
+            check_large / check_small,
+        ),
+        (
+            "example (baseline)".into(),
+            "compile".into(),
+            compile_small,
+            1.0,
+        ),
+        (
+            "10k servers, 1k nets".into(),
+            "compile".into(),
+            compile_large,
+            compile_large / compile_small,
+        ),
+    ]
+}
+
 fn main() {
     let out = std::env::args()
         .nth(1)
@@ -153,10 +233,24 @@ fn main() {
     for (policy, case, ns, ratio) in &rows {
         println!("{policy:<12} {case:<36} {ns:>10.1} {ratio:>10.2}");
     }
-    let json: Vec<serde_json::Value> = rows
+    let compile = compile_rows();
+    println!();
+    println!(
+        "{:<22} {:<18} {:>10} {:>10}",
+        "config", "step", "ms", "x baseline"
+    );
+    for (config, step, ms, ratio) in &compile {
+        println!("{config:<22} {step:<18} {ms:>10.2} {ratio:>10.1}");
+    }
+    let dataplane: Vec<serde_json::Value> = rows
         .iter()
         .map(|(policy, case, ns, ratio)| serde_json::json!({"policy": policy, "packet": case, "ns_per_packet": ns, "ratio_to_baseline": ratio, "repeat": REPEAT, "samples": SAMPLES}))
         .collect();
+    let compile: Vec<serde_json::Value> = compile
+        .iter()
+        .map(|(config, step, ms, ratio)| serde_json::json!({"config": config, "step": step, "ms": ms, "ratio_to_baseline": ratio, "samples": SAMPLES}))
+        .collect();
+    let json = serde_json::json!({"dataplane": dataplane, "compile": compile});
     std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap())
         .expect("write the JSON report");
     println!("wrote {out}");
