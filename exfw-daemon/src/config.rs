@@ -602,20 +602,19 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
             "edge_subscribed = true but no server has the role \"edge\"",
         );
     }
-    if !organization.edge_subscribed {
-        if let Some(s) = raw
-            .servers
-            .iter()
-            .find(|s| s.roles.get_ref().iter().any(|r| r.get_ref() == "edge"))
-        {
-            c.error(
-                s.roles.span(),
-                format!(
-                    "server `{}` is an Edge Transport server but [organization] edge_subscribed is not true; set it (exfw models subscribed Edge servers)",
-                    s.name.get_ref()
-                ),
-            );
-        }
+    let unsubscribed_edge = raw
+        .servers
+        .iter()
+        .find(|s| s.roles.get_ref().iter().any(|r| r.get_ref() == "edge"))
+        .filter(|_| !organization.edge_subscribed);
+    if let Some(s) = unsubscribed_edge {
+        c.error(
+            s.roles.span(),
+            format!(
+                "server `{}` is an Edge Transport server but [organization] edge_subscribed is not true; set it (exfw models subscribed Edge servers)",
+                s.name.get_ref()
+            ),
+        );
     }
     let mut hosts = |list: &[RawHost], kind: &str, protected: bool, c: &mut Checker| -> Vec<Host> {
         list.iter()

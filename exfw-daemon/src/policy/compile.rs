@@ -147,7 +147,7 @@ pub fn compile(config: &Config) -> Result<Compiled, PolicyError> {
             }
         }
     }
-    let (rules, provenance) = rules.finish(&classes)?;
+    let (rules, provenance) = rules.finish(&classes);
     let policy = Policy {
         mode: config.mode,
         timeouts: Timeouts {
@@ -221,11 +221,16 @@ impl ClassBuilder {
     }
 }
 
+/// (service, destination class, protocol, ports): what makes a rule one rule.
 type RuleKey = (String, u16, u8, PortRange);
+/// A rule's merged sources and reasons.
+type RuleSources = (BTreeSet<u16>, BTreeSet<Provenance>);
+/// Why each rule exists, by rule id.
+type Provenances = BTreeMap<u32, Vec<Provenance>>;
 
 #[derive(Default)]
 struct RuleBuilder {
-    entries: BTreeMap<RuleKey, (BTreeSet<u16>, BTreeSet<Provenance>)>,
+    entries: BTreeMap<RuleKey, RuleSources>,
 }
 
 impl RuleBuilder {
@@ -253,10 +258,8 @@ impl RuleBuilder {
         entry.1.insert(why.clone());
     }
 
-    fn finish(
-        self,
-        classes: &ClassBuilder,
-    ) -> Result<(Vec<Rule>, BTreeMap<u32, Vec<Provenance>>), PolicyError> {
+    /// Numbers the rules in (service, destination name, protocol, ports) order.
+    fn finish(self, classes: &ClassBuilder) -> (Vec<Rule>, Provenances) {
         let name = |id: u16| {
             classes
                 .classes
@@ -264,7 +267,7 @@ impl RuleBuilder {
                 .find(|c| c.id == id)
                 .map_or("external".to_string(), |c| c.name.clone())
         };
-        let mut sorted: Vec<(RuleKey, (BTreeSet<u16>, BTreeSet<Provenance>))> = self
+        let mut sorted: Vec<(RuleKey, RuleSources)> = self
             .entries
             .into_iter()
             .filter(|(_, (sources, _))| !sources.is_empty())
@@ -288,6 +291,6 @@ impl RuleBuilder {
             });
             provenance.insert(id, why.into_iter().collect());
         }
-        Ok((rules, provenance))
+        (rules, provenance)
     }
 }

@@ -94,7 +94,7 @@ pub fn explain(c: &Compiled) -> Explanation {
         .iter()
         .map(|class| Group {
             name: class.name.clone(),
-            addresses: class.prefixes.iter().map(|n| host_or_net(n)).collect(),
+            addresses: class.prefixes.iter().map(host_or_net).collect(),
         })
         .collect();
     let trusted: Vec<String> = c
