@@ -498,14 +498,17 @@ impl Dataplane {
             }))
     }
 
-    /// One per-port drop counter summed over CPUs (zero when absent).
-    pub fn drop_counter(&self, key: &DropKey) -> Result<Counter, DataplaneError> {
+    fn drop_map(&self) -> Result<PerCpuHashMap<&MapData, DropKey, Counter>, DataplaneError> {
         let map = self
             .ebpf
             .map(map_names::DROP_STATS)
             .ok_or(DataplaneError::Missing("drop map"))?;
-        let drops =
-            PerCpuHashMap::<_, DropKey, Counter>::try_from(map).map_err(map_err("drop map"))?;
+        PerCpuHashMap::try_from(map).map_err(map_err("drop map"))
+    }
+
+    /// One per-port drop counter summed over CPUs (zero when absent).
+    pub fn drop_counter(&self, key: &DropKey) -> Result<Counter, DataplaneError> {
+        let drops = self.drop_map()?;
         match drops.get(key, 0) {
             Ok(values) => Ok(sum_counters(values.iter())),
             Err(MapError::KeyNotFound) => Ok(Counter::default()),
@@ -533,12 +536,7 @@ impl Dataplane {
                 out.rules.insert(rule, s);
             }
         }
-        let map = self
-            .ebpf
-            .map(map_names::DROP_STATS)
-            .ok_or(DataplaneError::Missing("drop map"))?;
-        let drops =
-            PerCpuHashMap::<_, DropKey, Counter>::try_from(map).map_err(map_err("drop map"))?;
+        let drops = self.drop_map()?;
         for item in drops.iter() {
             let (key, values) = item.map_err(map_err("reading drop counters"))?;
             out.drops.insert(key, sum_counters(values.iter()));

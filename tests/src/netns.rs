@@ -177,30 +177,20 @@ impl Topology {
         let outside = Namespace::new("out");
         let gateway = Namespace::new("gw");
         let inside = Namespace::new("in");
-        gateway.ip(&[
-            "link",
-            "add",
-            "out0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            outside.name(),
-        ]);
-        gateway.ip(&[
-            "link",
-            "add",
-            "in0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            inside.name(),
-        ]);
+        for (dev, peer) in [("out0", &outside), ("in0", &inside)] {
+            gateway.ip(&[
+                "link",
+                "add",
+                dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                peer.name(),
+            ]);
+        }
         let mut gateway_of: Vec<(ipnet::IpNet, String)> = Vec::new();
         for (ns, dev, addresses) in [
             (&outside, "out0", outside_addresses),
