@@ -32,6 +32,21 @@ pub mod map_names {
     pub const SAMPLER: &str = "EXFW_SAMPLER";
     /// `RingBuf` of [`crate::DropEvent`].
     pub const EVENTS: &str = "EXFW_EVENTS";
+    /// Every map, for pinning.
+    pub const ALL: [&str; 12] = [
+        CONFIG,
+        CLASS_V4,
+        CLASS_V6,
+        RULES,
+        FLOWS,
+        FRAGS,
+        RULE_STATS,
+        REASON_STATS,
+        DROP_STATS,
+        EVENT_STATS,
+        SAMPLER,
+        EVENTS,
+    ];
 }
 
 /// Names of the XDP programs in the eBPF object.
@@ -84,8 +99,12 @@ pub mod config {
     pub const EVENTS_PER_SEC: u32 = 6;
     /// Burst of drop events each CPU may emit at once.
     pub const EVENTS_BURST: u32 = 7;
+    /// Hash of the policy in force (written by the daemon, read by `exfw status`).
+    pub const POLICY_HASH: u32 = 8;
+    /// Unix time in seconds of the last successful policy write.
+    pub const APPLIED_AT: u32 = 9;
     /// Number of slots.
-    pub const SLOTS: u32 = 8;
+    pub const SLOTS: u32 = 16;
 }
 
 /// `config::MODE` value: drop what the policy denies.

@@ -1,12 +1,22 @@
 //! The kernel half through aya: load the embedded XDP object, write a policy generation and flip
 //! to it, attach to interfaces, read every counter and drain the drop-event ring buffer.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
-    programs::{ProgramError, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode},
+    programs::{
+        ProgramError, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use exfw_common::{
     CLASS_PROTECTED, CLASS_TRUSTED, ClassKeyV4, ClassKeyV6, ClassValue, Counter, DropEvent,
@@ -49,6 +59,31 @@ pub enum DataplaneError {
     /// The object lacks a map or program this daemon expects (a build mismatch).
     #[error("the XDP object has no {0}; rebuild with `cargo xtask build`")]
     Missing(&'static str),
+    /// Another daemon holds the pinned state.
+    #[error("another exfw daemon manages {0} (only one may); stop it first (systemctl stop exfw)")]
+    Busy(PathBuf),
+    /// Nothing is pinned at the path.
+    #[error("nothing is pinned at {0}: exfw is not enforcing there")]
+    NotPinned(PathBuf),
+    /// A file-system step of pinning failed.
+    #[error("{what}: {source}")]
+    Pin {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel attached through netlink, which cannot be pinned.
+    #[error(
+        "the kernel attached {0} without a BPF link (Linux 5.9+ needed), so enforcement could not outlive the daemon"
+    )]
+    NoLinkSupport(String),
+}
+
+fn pin_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DataplaneError {
+    let what = what.into();
+    move |source| DataplaneError::Pin { what, source }
 }
 
 fn map_err(what: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
@@ -61,13 +96,18 @@ fn prog_err(what: impl Into<String>) -> impl FnOnce(ProgramError) -> DataplaneEr
     move |source| DataplaneError::Program { what, source }
 }
 
-/// Sizes chosen at load time.
-#[derive(Clone, Copy, Debug)]
+/// Where the daemon pins its maps and links by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/exfw";
+
+/// Sizes and pinning chosen at load time.
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Flow-table capacity.
+    /// Flow-table capacity (a pinned table keeps the size it was created with).
     pub flow_entries: u32,
     /// Fragment-cache capacity.
     pub frag_entries: u32,
+    /// Pin maps and links here so enforcement outlives the process; `None` for tests and tools.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -75,8 +115,121 @@ impl Default for LoadOptions {
         LoadOptions {
             flow_entries: limits::DEFAULT_FLOW_ENTRIES,
             frag_entries: limits::DEFAULT_FRAG_ENTRIES,
+            pin_dir: None,
         }
     }
+}
+
+/// The pinned-state directory: `maps/NAME` and `links/MODE/IFACE` (bpffs allows no dots in
+/// names, and interface names hold no slashes).
+struct Pins {
+    dir: PathBuf,
+    /// An exclusive flock on the directory while a daemon manages it.
+    _lock: Option<File>,
+}
+
+impl Pins {
+    /// Creates the directories (mounting bpffs if needed) and takes the daemon lock.
+    fn acquire(dir: &Path) -> Result<Pins, DataplaneError> {
+        ensure_bpffs(dir)?;
+        for sub in ["maps", "links/driver", "links/skb"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(pin_err(format!("creating {}", dir.join(sub).display())))?;
+        }
+        let lock = File::open(dir).map_err(pin_err(format!("opening {}", dir.display())))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(DataplaneError::Busy(dir.to_path_buf()));
+        }
+        Ok(Pins {
+            dir: dir.to_path_buf(),
+            _lock: Some(lock),
+        })
+    }
+
+    fn link_path(&self, iface: &str, mode: AttachedMode) -> PathBuf {
+        self.dir.join("links").join(mode.name()).join(iface)
+    }
+
+    /// The pinned link of `iface`, with its mode.
+    fn link_for(&self, iface: &str) -> Option<(PathBuf, AttachedMode)> {
+        [AttachedMode::Driver, AttachedMode::Skb]
+            .into_iter()
+            .map(|m| (self.link_path(iface, m), m))
+            .find(|(p, _)| p.exists())
+    }
+}
+
+/// Mounts bpffs on /sys/fs/bpf when the pin directory lives there and it is not mounted.
+fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+    let root = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(root) {
+        return Ok(());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
+            && l.split_whitespace().nth(2) == Some("bpf")
+    }) {
+        return Ok(());
+    }
+    // SAFETY: constant NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c"/sys/fs/bpf".as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(DataplaneError::Pin {
+            what: "mounting bpffs on /sys/fs/bpf".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Interfaces with a pinned link under `dir`, with their modes.
+pub fn pinned_links(dir: &Path) -> Vec<(String, AttachedMode)> {
+    let mut out: Vec<(String, AttachedMode)> = [AttachedMode::Driver, AttachedMode::Skb]
+        .into_iter()
+        .flat_map(|mode| {
+            std::fs::read_dir(dir.join("links").join(mode.name()))
+                .into_iter()
+                .flatten()
+                .filter_map(move |e| Some((e.ok()?.file_name().into_string().ok()?, mode)))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Removes every pinned link and map under `dir` (detaching exfw everywhere) and the directory.
+/// Refuses while a daemon holds the directory. Returns the interfaces it detached.
+pub fn remove_pinned(dir: &Path) -> Result<Vec<String>, DataplaneError> {
+    if !dir.exists() {
+        return Err(DataplaneError::NotPinned(dir.to_path_buf()));
+    }
+    let pins = Pins::acquire(dir)?;
+    let detached = pinned_links(dir);
+    for (iface, mode) in &detached {
+        let path = pins.link_path(iface, *mode);
+        std::fs::remove_file(&path).map_err(pin_err(format!("removing {}", path.display())))?;
+    }
+    for sub in ["links/driver", "links/skb", "links", "maps"] {
+        let sub = dir.join(sub);
+        for entry in std::fs::read_dir(&sub).into_iter().flatten().flatten() {
+            std::fs::remove_file(entry.path())
+                .map_err(pin_err(format!("removing {}", entry.path().display())))?;
+        }
+        let _ = std::fs::remove_dir(&sub);
+    }
+    drop(pins);
+    std::fs::remove_dir(dir).map_err(pin_err(format!("removing {}", dir.display())))?;
+    Ok(detached.into_iter().map(|(iface, _)| iface).collect())
 }
 
 /// How to attach to an interface.
@@ -92,12 +245,71 @@ pub enum AttachMode {
 }
 
 /// The mode an attachment got.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum AttachedMode {
     /// Native XDP in the driver.
     Driver,
     /// Generic XDP in the network stack.
     Skb,
+}
+
+impl AttachedMode {
+    /// "driver" or "skb".
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachedMode::Driver => "driver",
+            AttachedMode::Skb => "skb",
+        }
+    }
+}
+
+/// What the config map says about the policy in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyState {
+    /// The generation packets are judged by (0: none yet).
+    pub generation: u32,
+    /// Audit or enforce.
+    pub mode: Mode,
+    /// [`policy_hash`] of the policy in force.
+    pub hash: u64,
+    /// Unix seconds when it was written.
+    pub applied_at: u64,
+}
+
+/// A stable 64-bit FNV-1a hash of the policy's encoding (same policy, same hash, any build).
+pub fn policy_hash(policy: &Policy) -> u64 {
+    fn bytes<T: aya::Pod>(value: &T) -> &[u8] {
+        // SAFETY: Pod types are plain bytes.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+    }
+    let entries = encode(policy, 0);
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |data: &[u8]| {
+        for b in data {
+            hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (k, v) in &entries.class_v4 {
+        eat(&k.prefix_len().to_le_bytes());
+        eat(bytes(&k.data()));
+        eat(bytes(v));
+    }
+    for (k, v) in &entries.class_v6 {
+        eat(&k.prefix_len().to_le_bytes());
+        eat(bytes(&k.data()));
+        eat(bytes(v));
+    }
+    for (k, v) in &entries.rules {
+        eat(&k.prefix_len().to_le_bytes());
+        eat(bytes(&k.data()));
+        eat(bytes(v));
+    }
+    let t = &policy.timeouts;
+    for d in [t.tcp, t.udp, t.other, t.fragment] {
+        eat(&d.as_nanos().to_le_bytes());
+    }
+    eat(&[policy.mode as u8]);
+    hash
 }
 
 /// Counters of the drop-event sampler and of table pressure.
@@ -244,15 +456,47 @@ pub struct Dataplane {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
     generation: u32,
+    pins: Option<Pins>,
 }
 
 impl Dataplane {
-    /// Loads the embedded object into the kernel (nothing is attached yet).
+    /// Loads the embedded object into the kernel (nothing is attached yet). With a pin
+    /// directory, it takes the daemon lock there and adopts the pinned maps (counters, flows and
+    /// the policy in force survive) or creates and pins them.
     pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
+        let pins = options.pin_dir.as_deref().map(Pins::acquire).transpose()?;
+        Self::load_with(&options, pins)
+    }
+
+    /// Opens the state a daemon pinned at `dir`, without the lock and without attaching:
+    /// what `exfw status` reads, also while the daemon is down.
+    pub fn open_pinned(dir: &Path) -> Result<Self, DataplaneError> {
+        if !dir.join("maps").join(map_names::CONFIG).exists() {
+            return Err(DataplaneError::NotPinned(dir.to_path_buf()));
+        }
+        let pins = Pins {
+            dir: dir.to_path_buf(),
+            _lock: None,
+        };
+        Self::load_with(&LoadOptions::default(), Some(pins))
+    }
+
+    fn load_with(options: &LoadOptions, pins: Option<Pins>) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(map_names::FLOWS, options.flow_entries)
-            .map_max_entries(map_names::FRAGS, options.frag_entries)
-            .load(crate::EBPF_OBJECT)?;
+            .map_max_entries(map_names::FRAGS, options.frag_entries);
+        let map_paths: Vec<(&str, PathBuf)> = match &pins {
+            Some(p) => map_names::ALL
+                .iter()
+                .map(|n| (*n, p.dir.join("maps").join(n)))
+                .collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(crate::EBPF_OBJECT)?;
         for name in [program_names::FIREWALL, program_names::PASS] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
@@ -271,8 +515,12 @@ impl Dataplane {
             ebpf,
             events,
             generation: 0,
+            pins,
         };
-        dataplane.set_event_rate(100, 100)?;
+        dataplane.generation = dataplane.config_slot(config::GENERATION)? as u32;
+        if dataplane.generation == 0 {
+            dataplane.set_event_rate(100, 100)?;
+        }
         Ok(dataplane)
     }
 
@@ -287,6 +535,38 @@ impl Dataplane {
             .map_mut(map_names::CONFIG)
             .ok_or(DataplaneError::Missing("config map"))?;
         Array::try_from(map).map_err(map_err("config map"))
+    }
+
+    fn config_slot(&self, slot: u32) -> Result<u64, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(map_names::CONFIG)
+            .ok_or(DataplaneError::Missing("config map"))?;
+        let array = Array::<_, u64>::try_from(map).map_err(map_err("config map"))?;
+        array
+            .get(&slot, 0)
+            .map_err(map_err("reading the config map"))
+    }
+
+    /// The policy in force, as the config map records it.
+    pub fn policy_state(&self) -> Result<PolicyState, DataplaneError> {
+        Ok(PolicyState {
+            generation: self.config_slot(config::GENERATION)? as u32,
+            mode: if self.config_slot(config::MODE)? == MODE_AUDIT {
+                Mode::Audit
+            } else {
+                Mode::Enforce
+            },
+            hash: self.config_slot(config::POLICY_HASH)?,
+            applied_at: self.config_slot(config::APPLIED_AT)?,
+        })
+    }
+
+    /// Interfaces this data plane's pin directory holds links for.
+    pub fn pinned_links(&self) -> Vec<(String, AttachedMode)> {
+        self.pins
+            .as_ref()
+            .map_or_else(Vec::new, |p| pinned_links(&p.dir))
     }
 
     /// Limits drop events to `per_sec` per CPU with bursts of `burst` (0 disables them).
@@ -321,6 +601,13 @@ impl Dataplane {
             (config::OTHER_TIMEOUT_NS, t.other.as_nanos() as u64),
             (config::FRAG_TIMEOUT_NS, t.fragment.as_nanos() as u64),
             (config::MODE, mode),
+            (config::POLICY_HASH, policy_hash(policy)),
+            (
+                config::APPLIED_AT,
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            ),
             // Last: the flip. A packet reads it once and sees one whole generation.
             (config::GENERATION, u64::from(next)),
         ] {
@@ -406,35 +693,93 @@ impl Dataplane {
             .map_err(prog_err("firewall program"))
     }
 
-    /// Attaches the firewall to `iface` (in the calling thread's network namespace).
+    /// Attaches the firewall to `iface` (in the calling thread's network namespace). With a pin
+    /// directory, an interface that already has a pinned link gets this program through that
+    /// link (bpf_link_update: no moment without a program); a new attachment is pinned.
     pub fn attach(
         &mut self,
         iface: &str,
         mode: AttachMode,
     ) -> Result<AttachedMode, DataplaneError> {
+        if let Some((path, pinned_mode)) = self.pins.as_ref().and_then(|p| p.link_for(iface)) {
+            let wanted = match mode {
+                AttachMode::Driver => Some(AttachedMode::Driver),
+                AttachMode::Skb => Some(AttachedMode::Skb),
+                AttachMode::Auto => None,
+            };
+            if wanted.is_some_and(|w| w != pinned_mode) {
+                warn!(%iface, pinned = pinned_mode.name(), "keeping the pinned attach mode; `exfw detach` and a restart change it");
+            }
+            let pinned = PinnedLink::from_pin(&path).map_err(|e| DataplaneError::Pin {
+                what: format!("opening the pinned link {}", path.display()),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            let link =
+                XdpLink::try_from(FdLink::from(pinned)).map_err(|e| DataplaneError::Pin {
+                    what: format!("using the pinned link {}", path.display()),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            self.firewall()?
+                .attach_to_link(link)
+                .map_err(prog_err(format!(
+                    "replacing the program on {iface} through its pinned link"
+                )))?;
+            return Ok(pinned_mode);
+        }
+        let links_dir = self.pins.as_ref().map(|p| p.dir.join("links"));
         let program = self.firewall()?;
-        let attach = |program: &mut Xdp, m: XdpMode| program.attach(iface, m);
-        match mode {
+        let (attached, id) = match mode {
             AttachMode::Skb => {
-                attach(program, XdpMode::Skb)
+                let id = program
+                    .attach(iface, XdpMode::Skb)
                     .map_err(prog_err(format!("attaching to {iface} in skb mode")))?;
-                Ok(AttachedMode::Skb)
+                (AttachedMode::Skb, id)
             }
             AttachMode::Driver => {
-                attach(program, XdpMode::Driver).map_err(prog_err(format!(
-                    "attaching to {iface} in driver mode (try mode = \"auto\" or \"skb\")"
-                )))?;
-                Ok(AttachedMode::Driver)
+                let id = program
+                    .attach(iface, XdpMode::Driver)
+                    .map_err(prog_err(format!(
+                        "attaching to {iface} in driver mode (try xdp_mode = \"auto\" or \"skb\")"
+                    )))?;
+                (AttachedMode::Driver, id)
             }
-            AttachMode::Auto => match attach(program, XdpMode::Driver) {
-                Ok(_) => Ok(AttachedMode::Driver),
+            AttachMode::Auto => match program.attach(iface, XdpMode::Driver) {
+                Ok(id) => (AttachedMode::Driver, id),
                 Err(e) => {
                     warn!(%iface, error = %e, "driver-mode XDP refused; falling back to skb mode");
-                    attach(program, XdpMode::Skb)
+                    let id = program
+                        .attach(iface, XdpMode::Skb)
                         .map_err(prog_err(format!("attaching to {iface} in skb mode")))?;
-                    Ok(AttachedMode::Skb)
+                    (AttachedMode::Skb, id)
                 }
             },
+        };
+        if let Some(links_dir) = links_dir {
+            let path = links_dir.join(attached.name()).join(iface);
+            let link = program
+                .take_link(id)
+                .map_err(prog_err(format!("taking the link of {iface}")))?;
+            let fd_link = FdLink::try_from(link)
+                .map_err(|_| DataplaneError::NoLinkSupport(iface.to_string()))?;
+            fd_link.pin(&path).map_err(|e| DataplaneError::Pin {
+                what: format!("pinning the link of {iface} at {}", path.display()),
+                source: std::io::Error::other(format!("{e:?}")),
+            })?;
+        }
+        info!(%iface, mode = attached.name(), "attached");
+        Ok(attached)
+    }
+
+    /// Detaches `iface` by removing its pinned link (no effect on unpinned attachments).
+    pub fn detach(&mut self, iface: &str) -> Result<bool, DataplaneError> {
+        match self.pins.as_ref().and_then(|p| p.link_for(iface)) {
+            Some((path, _)) => {
+                std::fs::remove_file(&path)
+                    .map_err(pin_err(format!("removing {}", path.display())))?;
+                info!(%iface, "detached");
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
 

@@ -1,0 +1,166 @@
+//! Pinned state at the library level: enforcement outlives the process that attached it, a new
+//! load adopts the maps (generation, counters) and replaces the program through the pinned link,
+//! a second holder is refused, and removing the pins detaches everything.
+
+use std::{
+    collections::BTreeSet,
+    io::ErrorKind,
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    time::Duration,
+};
+
+use exfw_common::{Reason, Verdict, proto};
+use exfw_daemon::{
+    dataplane::{self, AttachMode, AttachedMode, Dataplane, DataplaneError, LoadOptions},
+    policy::{Class, Policy, PortRange, Rule},
+};
+use exfw_tests::{netns::Topology, require_root};
+use socket2::{Domain, Socket, Type};
+
+/// Removes the test's pin directory however the test ends.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = dataplane::remove_pinned(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn policy() -> Policy {
+    Policy {
+        classes: vec![Class {
+            id: 1,
+            name: "cas".into(),
+            protected: true,
+            trusted: true,
+            prefixes: vec!["192.0.2.2/32".parse().unwrap()],
+        }],
+        rules: vec![Rule {
+            id: 1,
+            service: "https".into(),
+            dst_class: 1,
+            src_classes: BTreeSet::from([0]),
+            proto: proto::TCP,
+            ports: PortRange::single(443),
+        }],
+        ..Default::default()
+    }
+}
+
+fn connects(net: &Topology, port: u16) -> bool {
+    let dst: SocketAddr = format!("192.0.2.2:{port}").parse().unwrap();
+    net.outside.run(|| {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        match socket.connect_timeout(&dst.into(), Duration::from_millis(1200)) {
+            Ok(()) => true,
+            Err(e) if e.kind() == ErrorKind::TimedOut => false,
+            Err(e) => panic!("connect {dst}: {e}"),
+        }
+    })
+}
+
+#[test]
+fn pinned_enforcement_outlives_the_loader_and_is_adopted() {
+    require_root();
+    let dir = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/exfw-test-{}",
+        std::process::id()
+    )));
+    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
+    let _listeners: Vec<TcpListener> = net.inside.run(|| {
+        [443, 3389]
+            .iter()
+            .map(|p| TcpListener::bind(format!("0.0.0.0:{p}")).unwrap())
+            .collect()
+    });
+    let options = LoadOptions {
+        pin_dir: Some(dir.0.clone()),
+        ..Default::default()
+    };
+
+    let mut first = Dataplane::load(options.clone()).expect("load with pins");
+    let generation = first.apply(&policy()).unwrap();
+    net.gateway.run(|| {
+        assert_eq!(
+            first.attach("out0", AttachMode::Driver).unwrap(),
+            AttachedMode::Driver
+        );
+        assert_eq!(
+            first.attach("in0", AttachMode::Driver).unwrap(),
+            AttachedMode::Driver
+        );
+    });
+    assert!(connects(&net, 443));
+    assert!(!connects(&net, 3389));
+    // A second daemon on the same pin path is refused while the first holds it.
+    match Dataplane::load(options.clone()) {
+        Err(DataplaneError::Busy(path)) => assert_eq!(path, dir.0),
+        other => panic!("expected Busy, got {:?}", other.err()),
+    }
+    let drops_before = first
+        .reason_counter(Verdict::Drop, Reason::Policy)
+        .unwrap()
+        .packets;
+    drop(first);
+
+    // The process is gone: the pinned links keep enforcing, and status can read the pins.
+    assert!(connects(&net, 443));
+    assert!(!connects(&net, 3389));
+    let status = Dataplane::open_pinned(&dir.0).expect("open the pinned state");
+    assert_eq!(status.policy_state().unwrap().generation, generation);
+    assert!(
+        status
+            .reason_counter(Verdict::Drop, Reason::Policy)
+            .unwrap()
+            .packets
+            > drops_before,
+        "drops while no daemon ran were not counted"
+    );
+    assert_eq!(
+        status.pinned_links(),
+        vec![
+            ("in0".to_string(), AttachedMode::Driver),
+            ("out0".to_string(), AttachedMode::Driver)
+        ]
+    );
+    drop(status);
+
+    // A new load adopts: same generation and counters, the program replaced through the links.
+    let mut second = Dataplane::load(options.clone()).expect("adopt");
+    assert_eq!(second.generation(), generation);
+    let counted = second
+        .reason_counter(Verdict::Drop, Reason::Policy)
+        .unwrap()
+        .packets;
+    net.gateway.run(|| {
+        assert_eq!(
+            second.attach("out0", AttachMode::Auto).unwrap(),
+            AttachedMode::Driver
+        );
+        assert_eq!(
+            second.attach("in0", AttachMode::Auto).unwrap(),
+            AttachedMode::Driver
+        );
+    });
+    assert!(!connects(&net, 3389));
+    assert!(
+        second
+            .reason_counter(Verdict::Drop, Reason::Policy)
+            .unwrap()
+            .packets
+            > counted,
+        "counters did not continue"
+    );
+    assert_eq!(second.apply(&policy()).unwrap(), generation + 1);
+    drop(second);
+
+    // Removing the pins detaches everything: the blocked port connects again.
+    let detached = dataplane::remove_pinned(&dir.0).unwrap();
+    assert_eq!(detached, vec!["in0".to_string(), "out0".to_string()]);
+    assert!(connects(&net, 3389));
+    assert!(!dir.0.exists());
+}
