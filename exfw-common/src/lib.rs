@@ -32,8 +32,11 @@ pub mod map_names {
     pub const SAMPLER: &str = "EXFW_SAMPLER";
     /// `RingBuf` of [`crate::DropEvent`].
     pub const EVENTS: &str = "EXFW_EVENTS";
+    /// `HashMap<u64, u32>`: rule identity hash -> counter slot (userspace only).
+    pub const RULE_IDS: &str = "EXFW_RULE_IDS";
     /// Every map, for pinning.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
+        RULE_IDS,
         CONFIG,
         CLASS_V4,
         CLASS_V6,

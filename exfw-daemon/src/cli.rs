@@ -8,16 +8,22 @@ use exfw_common::proto;
 
 use crate::{
     config,
+    dataplane::{self, DEFAULT_PIN_DIR, Dataplane},
     policy::{
         Compiled, Reference, compile,
         export::{ExplainFormat, nftables, proto_name, render_explain},
         probe,
     },
+    reload,
 };
 
 /// exfw: an XDP firewall that enforces Microsoft's Exchange port tables on a Linux gateway.
 #[derive(Parser)]
-#[command(version, about, propagate_version = true)]
+#[command(
+    version,
+    propagate_version = true,
+    about = "exfw: an XDP firewall that enforces Microsoft's Exchange port tables on a Linux gateway."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +31,39 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the firewall: compile the config, load or adopt the pinned state, attach to the
+    /// configured interfaces, serve metrics; reload on SIGHUP or when the config file changes.
+    #[command(
+        after_help = "Examples:\n  exfw run                                  # /etc/exfw/exfw.toml\n  exfw run --config ./exfw.toml --log-format json\n  systemctl reload exfw                     # sends SIGHUP"
+    )]
+    Run {
+        /// The config file.
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Where maps and links are pinned (bpffs).
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
+    },
+    /// Show what is enforced, from the pinned state (works while the daemon is down).
+    #[command(after_help = "Examples:\n  exfw status\n  exfw status --format json")]
+    Status {
+        /// Where maps and links are pinned.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+        format: StatusFormat,
+    },
+    /// Remove exfw from every interface and delete its pinned maps (stop the daemon first).
+    #[command(after_help = "Examples:\n  systemctl stop exfw && exfw detach")]
+    Detach {
+        /// Where maps and links are pinned.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
     /// Validate a config and summarise it; exit 1 with every error (file:line:column) if invalid.
     #[command(
         after_help = "Examples:\n  exfw check /etc/exfw/exfw.toml\n  exfw check examples/exchange2016-edge.toml"
@@ -90,6 +129,22 @@ enum SimProto {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StatusFormat {
+    /// Human-readable.
+    Text,
+    /// Machine-readable.
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum ExportFormat {
     /// nftables, loadable with `nft -f`.
     Nft,
@@ -101,9 +156,137 @@ pub fn load(path: &std::path::Path) -> Result<Compiled> {
     Ok(compile(&config)?)
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn status(pin_dir: &std::path::Path, format: StatusFormat) -> Result<ExitCode> {
+    let dataplane = Dataplane::open_pinned(pin_dir)?;
+    let state = dataplane.policy_state()?;
+    let counters = dataplane.counters([])?;
+    let events = dataplane.event_stats()?;
+    let running = dataplane::daemon_running(pin_dir);
+    let links = dataplane.pinned_links();
+    let mut totals: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    let mut reasons: Vec<(String, u64)> = Vec::new();
+    for ((verdict, reason), c) in &counters.reasons {
+        let v = match verdict {
+            exfw_common::Verdict::Pass => "pass",
+            exfw_common::Verdict::Drop => "drop",
+            exfw_common::Verdict::WouldDrop => "would_drop",
+        };
+        *totals.entry(v).or_default() += c.packets;
+        reasons.push((format!("{v}/{}", reason.name()), c.packets));
+    }
+    let mode = if state.mode == crate::policy::Mode::Audit {
+        "audit"
+    } else {
+        "enforce"
+    };
+    let age = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(state.applied_at);
+    match format {
+        StatusFormat::Json => {
+            let value = serde_json::json!({
+                "pin_dir": pin_dir.display().to_string(),
+                "daemon_running": running,
+                "mode": mode,
+                "generation": state.generation,
+                "policy_hash": format!("{:016x}", state.hash),
+                "applied_at_unix": state.applied_at,
+                "interfaces": links.iter().map(|(i, m)| serde_json::json!({"name": i, "mode": m.name()})).collect::<Vec<_>>(),
+                "packets": totals,
+                "packets_by_reason": reasons.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                "drop_events": {"sampled": events.sampled, "suppressed": events.suppressed, "lost": events.lost},
+            });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        StatusFormat::Text => {
+            println!("exfw status ({})", pin_dir.display());
+            println!(
+                "  daemon:      {}",
+                if running {
+                    "running"
+                } else {
+                    "not running (the pinned policy is still enforced)"
+                }
+            );
+            println!("  mode:        {mode}");
+            println!("  generation:  {} (applied {age} s ago)", state.generation);
+            println!("  policy hash: {:016x}", state.hash);
+            let ifaces: Vec<String> = links
+                .iter()
+                .map(|(i, m)| format!("{i} ({})", m.name()))
+                .collect();
+            println!(
+                "  interfaces:  {}",
+                if ifaces.is_empty() {
+                    "none".to_string()
+                } else {
+                    ifaces.join(", ")
+                }
+            );
+            let totals: Vec<String> = totals.iter().map(|(v, n)| format!("{v} {n}")).collect();
+            println!("  packets:     {}", totals.join(", "));
+            for (reason, n) in &reasons {
+                println!("    {reason:<32} {n}");
+            }
+            println!(
+                "  drop events: sampled {}, suppressed {}, lost {}",
+                events.sampled, events.suppressed, events.lost
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs the command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run {
+            config: path,
+            pin_dir,
+            log_format,
+        } => {
+            init_logging(log_format);
+            match reload::run(reload::RunOptions {
+                config: path,
+                pin_dir,
+            }) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    tracing::error!("exfw could not start: {e:#}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Status { pin_dir, format } => status(&pin_dir, format),
+        Command::Detach { pin_dir } => {
+            let detached = dataplane::remove_pinned(&pin_dir)?;
+            println!(
+                "exfw detached from {}; pinned maps removed from {}",
+                if detached.is_empty() {
+                    "no interface".to_string()
+                } else {
+                    detached.join(", ")
+                },
+                pin_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { config: path } => {
             let cfg = match config::load(&path) {
                 Ok(cfg) => cfg,

@@ -2,7 +2,7 @@
 //! to it, attach to interfaces, read every counter and drain the drop-event ring buffer.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
@@ -20,14 +20,14 @@ use aya::{
 };
 use exfw_common::{
     CLASS_PROTECTED, CLASS_TRUSTED, ClassKeyV4, ClassKeyV6, ClassValue, Counter, DropEvent,
-    DropKey, GENERATION_BITS, MODE_AUDIT, MODE_ENFORCE, RULE_KEY_FIXED_BITS, Reason, RuleKey,
-    RuleStats, RuleValue, Verdict, config, event_stat, limits, map_names, program_names,
-    reason_index,
+    DropKey, FlowKey, FlowValue, GENERATION_BITS, MODE_AUDIT, MODE_ENFORCE, RULE_KEY_FIXED_BITS,
+    Reason, RuleKey, RuleStats, RuleValue, Verdict, config, event_stat, limits, map_names,
+    program_names, reason_index,
 };
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use crate::policy::{Counters, Mode, Policy, PolicyError, PortRange, Rule};
+use crate::policy::{Compiled, Counters, Mode, Policy, PolicyError, PortRange, Rule};
 
 /// Something the data plane could not do.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +207,15 @@ pub fn pinned_links(dir: &Path) -> Vec<(String, AttachedMode)> {
     out
 }
 
+/// Whether a daemon holds the pin directory now.
+pub fn daemon_running(dir: &Path) -> bool {
+    let Ok(file) = File::open(dir) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; released when `file` closes.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}
+
 /// Removes every pinned link and map under `dir` (detaching exfw everywhere) and the directory.
 /// Refuses while a daemon holds the directory. Returns the interfaces it detached.
 pub fn remove_pinned(dir: &Path) -> Result<Vec<String>, DataplaneError> {
@@ -274,6 +283,13 @@ pub struct PolicyState {
     pub hash: u64,
     /// Unix seconds when it was written.
     pub applied_at: u64,
+}
+
+/// 64-bit FNV-1a: stable across builds and platforms, unlike std's hasher.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A stable 64-bit FNV-1a hash of the policy's encoding (same policy, same hash, any build).
@@ -562,11 +578,91 @@ impl Dataplane {
         })
     }
 
+    /// Entries in the flow table (walks the table: call it seldom).
+    pub fn flow_entries(&self) -> u64 {
+        let Some(map) = self.ebpf.map(map_names::FLOWS) else {
+            return 0;
+        };
+        aya::maps::HashMap::<_, FlowKey, FlowValue>::try_from(map)
+            .map_or(0, |flows| flows.keys().count() as u64)
+    }
+
     /// Interfaces this data plane's pin directory holds links for.
     pub fn pinned_links(&self) -> Vec<(String, AttachedMode)> {
         self.pins
             .as_ref()
             .map_or_else(Vec::new, |p| pinned_links(&p.dir))
+    }
+
+    /// Renumbers `compiled`'s rules to stable counter slots: an identity keeps the slot it had
+    /// (recorded in the pinned `EXFW_RULE_IDS`), a new one gets a free slot whose counters are
+    /// zeroed first, and identities absent from the policy are forgotten when slots run out.
+    pub fn assign_rule_slots(&mut self, compiled: &mut Compiled) -> Result<(), DataplaneError> {
+        let identities: Vec<(u64, u32)> = compiled
+            .policy
+            .rules
+            .iter()
+            .map(|r| (fnv1a(compiled.rule_identity(r).as_bytes()), r.id))
+            .collect();
+        let wanted: BTreeSet<u64> = identities.iter().map(|(h, _)| *h).collect();
+        let map = self
+            .ebpf
+            .map_mut(map_names::RULE_IDS)
+            .ok_or(DataplaneError::Missing("rule id map"))?;
+        let mut ids =
+            aya::maps::HashMap::<_, u64, u32>::try_from(map).map_err(map_err("rule id map"))?;
+        let mut known: BTreeMap<u64, u32> = BTreeMap::new();
+        for item in ids.iter() {
+            let (hash, slot) = item.map_err(map_err("reading rule ids"))?;
+            known.insert(hash, slot);
+        }
+        let mut used: BTreeSet<u32> = known.values().copied().collect();
+        let mut fresh = Vec::new();
+        let mut slot_of = BTreeMap::new();
+        for (hash, _) in &identities {
+            if let Some(slot) = known.get(hash) {
+                slot_of.insert(*hash, *slot);
+                continue;
+            }
+            if used.len() as u32 >= limits::MAX_RULES {
+                // Forget identities the policy no longer has, to free their slots.
+                for (old, slot) in known.iter().filter(|(h, _)| !wanted.contains(h)) {
+                    ids.remove(old).map_err(map_err("forgetting a rule id"))?;
+                    used.remove(slot);
+                }
+                known.retain(|h, _| wanted.contains(h));
+            }
+            let slot = (0..limits::MAX_RULES).find(|s| !used.contains(s)).ok_or(
+                DataplaneError::Policy(PolicyError::RuleIdOutOfRange {
+                    service: "(all)".into(),
+                    id: limits::MAX_RULES,
+                    limit: limits::MAX_RULES,
+                }),
+            )?;
+            ids.insert(hash, slot, 0)
+                .map_err(map_err("recording a rule id"))?;
+            used.insert(slot);
+            slot_of.insert(*hash, slot);
+            fresh.push(slot);
+        }
+        // A slot handed to a new identity starts from zero.
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| pin_err("counting CPUs")(e))?;
+        let map = self
+            .ebpf
+            .map_mut(map_names::RULE_STATS)
+            .ok_or(DataplaneError::Missing("rule counters"))?;
+        let mut stats =
+            PerCpuArray::<_, RuleStats>::try_from(map).map_err(map_err("rule counters"))?;
+        for slot in fresh {
+            let zeros = aya::maps::PerCpuValues::try_from(vec![RuleStats::default(); cpus])
+                .map_err(pin_err("zeroing a new rule's counters"))?;
+            stats
+                .set(slot, zeros, 0)
+                .map_err(map_err("zeroing a new rule's counters"))?;
+        }
+        let hashes: BTreeMap<u32, u64> = identities.iter().map(|(h, id)| (*id, *h)).collect();
+        compiled.renumber(|rule| slot_of[&hashes[&rule.id]]);
+        Ok(())
     }
 
     /// Limits drop events to `per_sec` per CPU with bursts of `burst` (0 disables them).

@@ -4,8 +4,11 @@
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod reload;
+pub mod server;
 
 /// The XDP object built from exfw-ebpf by the build script.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("EXFW_EBPF_OBJECT"));

@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use exfw_common::{
@@ -52,6 +52,10 @@ static EXFW_DROPS: PerCpuHashMap<DropKey, Counter> =
 static EXFW_EVSTATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event_stat::SLOTS, 0);
 #[map]
 static EXFW_SAMPLER: PerCpuArray<SamplerState> = PerCpuArray::with_max_entries(1, 0);
+/// Rule identity hash -> counter slot: written and read by the daemon only, pinned with the
+/// other maps so counters keep their slot across reloads and restarts.
+#[map]
+static EXFW_RULE_IDS: HashMap<u64, u32> = HashMap::with_max_entries(limits::MAX_RULES * 2, 0);
 #[map]
 static EXFW_EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENT_RING_BYTES, 0);
 

@@ -1,6 +1,7 @@
 //! Helpers shared by exfw's integration tests and benchmarks: frame building, random policies
 //! and traffic, network namespaces.
 
+pub mod daemon;
 pub mod generate;
 pub mod netns;
 pub mod packet;

@@ -28,6 +28,33 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Gives every rule the counter slot `slot_of` returns for it, keeping provenance in step.
+    pub fn renumber(&mut self, mut slot_of: impl FnMut(&Rule) -> u32) {
+        let mut provenance = BTreeMap::new();
+        for rule in &mut self.policy.rules {
+            let slot = slot_of(rule);
+            if let Some(why) = self.provenance.remove(&rule.id) {
+                provenance.insert(slot, why);
+            }
+            rule.id = slot;
+        }
+        self.policy.rules.sort_by_key(|r| r.id);
+        self.provenance = provenance;
+    }
+
+    /// A rule's identity: what keeps its counters across reloads (service, destination,
+    /// protocol, ports).
+    pub fn rule_identity(&self, rule: &Rule) -> String {
+        format!(
+            "{}|{}|{}|{}-{}",
+            rule.service,
+            self.policy.class_name(rule.dst_class),
+            rule.proto,
+            rule.ports.first,
+            rule.ports.last
+        )
+    }
+
     /// The classes of every trusted role, which pass to each other unconditionally.
     pub fn trusted_classes(&self) -> Vec<&Class> {
         self.policy.classes.iter().filter(|c| c.trusted).collect()

@@ -1,0 +1,404 @@
+//! Prometheus metrics: a collector that reads the kernel counters at scrape time and encodes
+//! them with bounded labels (ports outside the policy fold into `port="other"`).
+//!
+//! Counters live in pinned per-CPU maps keyed by stable rule slots, so they stay monotonic
+//! across reloads and daemon restarts.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex, RwLock},
+};
+
+use exfw_common::{Counter, proto};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{TypedMetric, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::{
+    dataplane::{AttachedMode, Dataplane},
+    policy::{Compiled, Mode, PortRange, export::proto_name},
+};
+
+/// State of the last config reload, as Prometheus' own convention names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ReloadStatus {
+    /// Whether the last attempt succeeded.
+    pub last_successful: bool,
+    /// Unix time of the last success.
+    pub last_success_seconds: f64,
+    /// Successful reloads since start.
+    pub successes: u64,
+    /// Failed reloads since start.
+    pub failures: u64,
+}
+
+/// What the collector reads: the data plane and the daemon's view of the policy.
+pub struct Shared {
+    /// The loaded program and its maps.
+    pub dataplane: Mutex<Dataplane>,
+    /// The policy in force, for labels.
+    pub compiled: RwLock<Compiled>,
+    /// Interfaces and their attach modes.
+    pub interfaces: RwLock<Vec<(String, AttachedMode)>>,
+    /// Reload bookkeeping.
+    pub reload: Mutex<ReloadStatus>,
+    /// Flow-table entries, counted in the background (counting walks the table).
+    pub flow_entries: std::sync::atomic::AtomicU64,
+    /// Flow-table capacity.
+    pub flow_capacity: u64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+/// The label a port gets: itself when some rule names it, else "other".
+fn port_label(policy_ports: &BTreeSet<(u8, u16)>, protocol: u8, port: u16) -> String {
+    if policy_ports.contains(&(protocol, port)) {
+        port.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
+/// Protocols with names keep them; the rest fold into "other".
+fn proto_label(protocol: u8) -> String {
+    match protocol {
+        proto::TCP | proto::UDP | proto::ICMP | proto::ICMPV6 => proto_name(protocol),
+        _ => "other".into(),
+    }
+}
+
+fn ports_label(ports: PortRange) -> String {
+    if ports == PortRange::ANY {
+        "any".into()
+    } else if ports.first == ports.last {
+        ports.first.to_string()
+    } else {
+        format!("{}-{}", ports.first, ports.last)
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Encodes one metric family from (labels, value) samples.
+fn family<M: EncodeMetric + TypedMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, M::TYPE)?;
+    for (labels, value) in samples {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(v: u64) -> ConstCounter<u64> {
+    ConstCounter::new(v)
+}
+
+fn gauge(v: f64) -> ConstGauge<f64> {
+    ConstGauge::new(v)
+}
+
+/// The collector registered with the registry.
+#[derive(Debug)]
+pub struct ExfwCollector(pub Arc<Shared>);
+
+impl Collector for ExfwCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let shared = &self.0;
+        let compiled = shared.compiled.read().unwrap_or_else(|e| e.into_inner());
+        let policy = &compiled.policy;
+        let (counters, events, state) = {
+            let dataplane = shared.dataplane.lock().unwrap_or_else(|e| e.into_inner());
+            let counters = dataplane.counters(policy.rules.iter().map(|r| r.id));
+            (counters, dataplane.event_stats(), dataplane.policy_state())
+        };
+        let (Ok(counters), Ok(events), Ok(state)) = (counters, events, state) else {
+            tracing::error!("reading the kernel counters failed during a scrape");
+            return Err(std::fmt::Error);
+        };
+        let rule_labels = |id: u32| -> Labels {
+            let rule = policy.rule(id).expect("counters are read for policy rules");
+            vec![
+                ("service", rule.service.clone()),
+                ("dst_role", policy.class_name(rule.dst_class).to_string()),
+                ("proto", proto_name(rule.proto)),
+                ("port", ports_label(rule.ports)),
+                ("verdict", "pass".into()),
+            ]
+        };
+        family(
+            &mut encoder,
+            "exfw_rule_packets",
+            "Packets each rule passed.",
+            counters
+                .rules
+                .iter()
+                .map(|(id, s)| (rule_labels(*id), counter(s.packets))),
+        )?;
+        family(
+            &mut encoder,
+            "exfw_rule_bytes",
+            "Bytes each rule passed (whole frames).",
+            counters
+                .rules
+                .iter()
+                .map(|(id, s)| (rule_labels(*id), counter(s.bytes))),
+        )?;
+        family(
+            &mut encoder,
+            "exfw_rule_new_connections",
+            "TCP connections each rule admitted (SYN without ACK).",
+            counters
+                .rules
+                .iter()
+                .map(|(id, s)| (rule_labels(*id), counter(s.new_connections))),
+        )?;
+        let verdict_name = |v: exfw_common::Verdict| match v {
+            exfw_common::Verdict::Pass => "pass",
+            exfw_common::Verdict::Drop => "drop",
+            exfw_common::Verdict::WouldDrop => "would_drop",
+        };
+        let reason_samples = |pick: fn(&Counter) -> u64| {
+            counters.reasons.iter().map(move |((v, r), c)| {
+                (
+                    vec![
+                        ("verdict", verdict_name(*v).to_string()),
+                        ("reason", r.name().to_string()),
+                    ],
+                    counter(pick(c)),
+                )
+            })
+        };
+        family(
+            &mut encoder,
+            "exfw_packets",
+            "Packets by verdict and reason (trusted, transit, flow, rule, policy, malformed ...).",
+            reason_samples(|c| c.packets),
+        )?;
+        family(
+            &mut encoder,
+            "exfw_bytes",
+            "Bytes by verdict and reason.",
+            reason_samples(|c| c.bytes),
+        )?;
+        let policy_ports: BTreeSet<(u8, u16)> = policy
+            .rules
+            .iter()
+            .filter(|r| r.ports.first == r.ports.last)
+            .map(|r| (r.proto, r.ports.first))
+            .collect();
+        let mut folded: BTreeMap<(String, String, String, String), u64> = BTreeMap::new();
+        for (key, c) in &counters.drops {
+            let verdict = if key.verdict == exfw_common::Verdict::WouldDrop as u8 {
+                "would_drop"
+            } else {
+                "drop"
+            };
+            let entry = folded
+                .entry((
+                    policy.class_name(key.dst_class).to_string(),
+                    proto_label(key.proto),
+                    port_label(&policy_ports, key.proto, key.port),
+                    verdict.to_string(),
+                ))
+                .or_default();
+            *entry += c.packets;
+        }
+        family(
+            &mut encoder,
+            "exfw_port_drops",
+            "Packets the policy dropped, by destination role, protocol and port (ports no rule names fold into \"other\").",
+            folded.into_iter().map(|((role, p, port, verdict), n)| {
+                (
+                    vec![
+                        ("dst_role", role),
+                        ("proto", p),
+                        ("port", port),
+                        ("verdict", verdict),
+                    ],
+                    counter(n),
+                )
+            }),
+        )?;
+        let none: Labels = Vec::new();
+        family(
+            &mut encoder,
+            "exfw_drop_events_sampled",
+            "Drop events written to the ring buffer.",
+            [(none.clone(), counter(events.sampled))],
+        )?;
+        family(
+            &mut encoder,
+            "exfw_drop_events_suppressed",
+            "Drop events the per-CPU rate limit suppressed.",
+            [(none.clone(), counter(events.suppressed))],
+        )?;
+        family(
+            &mut encoder,
+            "exfw_drop_events_lost",
+            "Drop events lost to a full ring buffer.",
+            [(none.clone(), counter(events.lost))],
+        )?;
+        family(
+            &mut encoder,
+            "exfw_drop_stats_overflow",
+            "Drops not counted per port because the per-port table was full.",
+            [(none.clone(), counter(events.drop_stats_full))],
+        )?;
+        family(
+            &mut encoder,
+            "exfw_flow_insert_failures",
+            "Flow entries the kernel could not write.",
+            [(none.clone(), counter(events.flow_insert_failed))],
+        )?;
+        let flows = shared
+            .flow_entries
+            .load(std::sync::atomic::Ordering::Relaxed) as f64;
+        family(
+            &mut encoder,
+            "exfw_flow_table_entries",
+            "Entries in the flow table (counted every 15 s).",
+            [(none.clone(), gauge(flows))],
+        )?;
+        family(
+            &mut encoder,
+            "exfw_flow_table_capacity",
+            "Capacity of the flow table.",
+            [(none.clone(), gauge(shared.flow_capacity as f64))],
+        )?;
+        family(
+            &mut encoder,
+            "exfw_policy_generation",
+            "Generation of the policy packets are judged by.",
+            [(none.clone(), gauge(f64::from(state.generation)))],
+        )?;
+        family(
+            &mut encoder,
+            "exfw_policy_info",
+            "The policy in force: its hash and mode.",
+            [(
+                vec![
+                    ("hash", format!("{:016x}", state.hash)),
+                    (
+                        "mode",
+                        if state.mode == Mode::Audit {
+                            "audit"
+                        } else {
+                            "enforce"
+                        }
+                        .to_string(),
+                    ),
+                ],
+                gauge(1.0),
+            )],
+        )?;
+        family(
+            &mut encoder,
+            "exfw_policy_rules",
+            "Rules in the policy in force.",
+            [(none.clone(), gauge(policy.rules.len() as f64))],
+        )?;
+        let reload = *shared.reload.lock().unwrap_or_else(|e| e.into_inner());
+        family(
+            &mut encoder,
+            "exfw_config_last_reload_successful",
+            "Whether the last config load succeeded (1) or failed (0).",
+            [(
+                none.clone(),
+                gauge(if reload.last_successful { 1.0 } else { 0.0 }),
+            )],
+        )?;
+        family(
+            &mut encoder,
+            "exfw_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+            [(none.clone(), gauge(reload.last_success_seconds))],
+        )?;
+        family(
+            &mut encoder,
+            "exfw_config_reloads",
+            "Config loads by result.",
+            [
+                (
+                    vec![("result", "success".to_string())],
+                    counter(reload.successes),
+                ),
+                (
+                    vec![("result", "failure".to_string())],
+                    counter(reload.failures),
+                ),
+            ],
+        )?;
+        family(
+            &mut encoder,
+            "exfw_build_info",
+            "The running exfw build.",
+            [(
+                vec![("version", env!("CARGO_PKG_VERSION").to_string())],
+                gauge(1.0),
+            )],
+        )?;
+        let interfaces = shared
+            .interfaces
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        family(
+            &mut encoder,
+            "exfw_interface_attached",
+            "Interfaces exfw is attached to, with the XDP mode.",
+            interfaces.into_iter().map(|(iface, mode)| {
+                (
+                    vec![("iface", iface), ("mode", mode.name().to_string())],
+                    gauge(1.0),
+                )
+            }),
+        )?;
+        Ok(())
+    }
+}
+
+/// A registry holding the exfw collector.
+pub fn registry(shared: Arc<Shared>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ExfwCollector(shared)));
+    registry
+}
+
+/// Renders the registry in the OpenMetrics text format.
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+/// An upper bound on the number of series: what operators size Prometheus by.
+///
+/// Per rule 3 series; per (verdict, reason) 2; per (destination class, protocol, port label,
+/// verdict) one, where port labels are the policy's single ports plus "other" and protocols are
+/// tcp, udp, icmp, icmpv6, other; plus fixed gauges and one per interface.
+pub fn series_bound(compiled: &Compiled, interfaces: usize) -> usize {
+    let p = &compiled.policy;
+    let single_ports: BTreeSet<(u8, u16)> = p
+        .rules
+        .iter()
+        .filter(|r| r.ports.first == r.ports.last)
+        .map(|r| (r.proto, r.ports.first))
+        .collect();
+    let classes = p.classes.len() + 1;
+    3 * p.rules.len()
+        + 2 * exfw_common::Reason::ALL.len() * 3
+        + classes * 2 * (single_ports.len() + 5)
+        + 20
+        + interfaces
+}

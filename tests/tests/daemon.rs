@@ -1,0 +1,383 @@
+//! The real `exfw run` on a namespace gateway, told as an operator's day: a start that fails
+//! changes nothing; a start; a second daemon refused; a bad reload keeps the policy; an edited
+//! file reloads; kill -9 keeps enforcing; a restart adopts the pinned state and replaces the
+//! program through the pinned links; SIGTERM; `exfw detach`.
+
+use std::{
+    io::ErrorKind,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use exfw_tests::{
+    daemon::{Daemon, exfw_binary, http_get, metric, wait_until},
+    netns::{Namespace, Topology},
+    require_root,
+};
+use socket2::{Domain, Socket, Type};
+
+const METRICS: &str = "127.0.0.1:9720";
+const BASE: &str = r#"version = 1
+mode = "enforce"
+
+[organization]
+exchange = "2019"
+http = false
+icmp_echo = false
+
+[[server]]
+name = "EX01"
+roles = ["mailbox"]
+addresses = ["192.0.2.2"]
+
+[[interface]]
+name = "out0"
+xdp_mode = "driver"
+
+[[interface]]
+name = "in0"
+xdp_mode = "driver"
+
+[metrics]
+listen = "127.0.0.1:9720"
+"#;
+const ALLOW_RDP: &str = r#"
+[[allow]]
+name = "rdp-jump"
+from = ["external"]
+to = ["mailbox"]
+proto = "tcp"
+ports = [3389]
+reason = "test: temporary remote desktop"
+"#;
+
+/// Removes the test's files and pins however it ends.
+struct Cleanup {
+    work: PathBuf,
+    pins: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.work);
+        if self.pins.exists() {
+            let _ = Command::new(exfw_binary())
+                .args(["detach", "--pin-dir"])
+                .arg(&self.pins)
+                .status();
+            let _ = std::fs::remove_dir_all(&self.pins);
+        }
+    }
+}
+
+fn connects(outside: &Namespace, port: u16) -> bool {
+    let dst: SocketAddr = format!("192.0.2.2:{port}").parse().unwrap();
+    outside.run(|| {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        match socket.connect_timeout(&dst.into(), Duration::from_millis(800)) {
+            Ok(()) => true,
+            Err(e) if e.kind() == ErrorKind::TimedOut => false,
+            Err(e) => panic!("connect {dst}: {e}"),
+        }
+    })
+}
+
+/// Writes the config the way editors do: a new file renamed over the old one.
+fn write_config(path: &Path, text: &str) {
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn scrape(gateway: &Namespace) -> String {
+    let (status, body) =
+        http_get(gateway, METRICS, "/metrics").expect("the metrics endpoint answers");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn value(gateway: &Namespace, name: &str, labels: &[&str]) -> f64 {
+    metric(&scrape(gateway), name, labels)
+        .unwrap_or_else(|| panic!("no {name}{labels:?} in the scrape"))
+}
+
+fn pinned_link(pins: &Path, iface: &str) -> (u64, u64) {
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show", "pinned"])
+        .arg(pins.join("links/driver").join(iface))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("bpftool: {}", String::from_utf8_lossy(&out.stderr)));
+    (v["id"].as_u64().unwrap(), v["prog_id"].as_u64().unwrap())
+}
+
+fn status_json(pins: &Path) -> serde_json::Value {
+    let out = Command::new(exfw_binary())
+        .args(["status", "--format", "json", "--pin-dir"])
+        .arg(pins)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "exfw status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn daemon_lifecycle() {
+    require_root();
+    let id = std::process::id();
+    let cleanup = Cleanup {
+        work: std::env::temp_dir().join(format!("exfw-daemon-test-{id}")),
+        pins: PathBuf::from(format!("/sys/fs/bpf/exfw-dtest-{id}")),
+    };
+    std::fs::create_dir_all(&cleanup.work).unwrap();
+    let config = cleanup.work.join("exfw.toml");
+    let log = |n: &str| cleanup.work.join(format!("{n}.log"));
+    let pins = cleanup.pins.clone();
+    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
+    let _listeners: Vec<TcpListener> = net.inside.run(|| {
+        [443, 3389]
+            .iter()
+            .map(|p| TcpListener::bind(format!("0.0.0.0:{p}")).unwrap())
+            .collect()
+    });
+
+    // A start that cannot succeed (unknown interface) exits 1 and changes nothing.
+    write_config(&config, &BASE.replace("name = \"in0\"", "name = \"nope0\""));
+    let failed = Daemon::start(&net.gateway, &config, &pins, &log("failed-start"));
+    let log_path = failed.log.clone();
+    assert_eq!(failed.wait(Duration::from_secs(20)), Some(1));
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(text.contains("interface `nope0` does not exist"), "{text}");
+    assert!(!pins.exists(), "a failed start must not pin anything");
+    assert!(connects(&net.outside, 3389), "nothing is enforcing yet");
+
+    // Start.
+    write_config(&config, BASE);
+    let mut daemon = Daemon::start(&net.gateway, &config, &pins, &log("first"));
+    wait_until("/readyz", Duration::from_secs(30), || {
+        assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());
+        http_get(&net.gateway, METRICS, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    assert_eq!(http_get(&net.gateway, METRICS, "/healthz").unwrap().0, 200);
+    assert!(connects(&net.outside, 443));
+    assert!(!connects(&net.outside, 3389));
+    let body = scrape(&net.gateway);
+    assert!(
+        metric(
+            &body,
+            "exfw_rule_new_connections_total",
+            &[r#"service="https""#, r#"dst_role="mailbox""#]
+        )
+        .unwrap()
+            >= 1.0,
+        "{body}"
+    );
+    assert!(
+        metric(
+            &body,
+            "exfw_port_drops_total",
+            &[r#"port="other""#, r#"proto="tcp""#]
+        )
+        .unwrap()
+            >= 1.0,
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "exfw_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "exfw_interface_attached",
+            &[r#"iface="out0""#, r#"mode="driver""#]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&body, "exfw_build_info", &[]), Some(1.0));
+    let first_generation = metric(&body, "exfw_policy_generation", &[]).unwrap();
+    wait_until("a drop event in the log", Duration::from_secs(10), || {
+        daemon.log_text().contains("dropped")
+    });
+    assert!(
+        daemon.log_text().contains("port=3389"),
+        "{}",
+        daemon.log_text()
+    );
+
+    // A second daemon on the same pin path refuses to start.
+    let second = Daemon::start(&net.gateway, &config, &pins, &log("second"));
+    let second_log = second.log.clone();
+    assert_eq!(second.wait(Duration::from_secs(20)), Some(1));
+    let text = std::fs::read_to_string(&second_log).unwrap();
+    assert!(text.contains("another exfw daemon manages"), "{text}");
+
+    // A broken file on SIGHUP: every error logged, the running policy stays.
+    write_config(&config, &format!("{BASE}\n[organization.typo]\n"));
+    daemon.signal(libc::SIGHUP);
+    wait_until("the failed reload", Duration::from_secs(10), || {
+        value(&net.gateway, "exfw_config_last_reload_successful", &[]) == 0.0
+    });
+    assert!(
+        daemon
+            .log_text()
+            .contains("reload failed, the running policy stays in force"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        daemon.log_text().contains("exfw.toml:"),
+        "errors must carry the location: {}",
+        daemon.log_text()
+    );
+    assert!(connects(&net.outside, 443));
+    assert!(!connects(&net.outside, 3389));
+
+    // An edited file (replaced by rename) reloads by itself.
+    write_config(&config, &format!("{BASE}{ALLOW_RDP}"));
+    wait_until("the reload after the edit", Duration::from_secs(10), || {
+        value(&net.gateway, "exfw_config_last_reload_successful", &[]) == 1.0
+            && value(&net.gateway, "exfw_policy_generation", &[]) > first_generation
+    });
+    assert!(connects(&net.outside, 3389));
+    write_config(&config, BASE);
+    wait_until("the reload back", Duration::from_secs(10), || {
+        !connects(&net.outside, 3389)
+    });
+    let drops_before_kill = value(
+        &net.gateway,
+        "exfw_packets_total",
+        &[r#"verdict="drop""#, r#"reason="policy""#],
+    );
+    let (link_id, prog_id) = pinned_link(&pins, "out0");
+
+    // kill -9: enforcement goes on, also while probing continuously across the restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (rdp_connected, https_failed) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let outside_name = net.outside.name().to_string();
+    let prober = {
+        let (stop, rdp, https) = (stop.clone(), rdp_connected.clone(), https_failed.clone());
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(format!("/run/netns/{outside_name}")).unwrap();
+            // SAFETY: this thread is ours; it stays in the outside namespace.
+            assert_eq!(
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) },
+                0
+            );
+            let mut rounds = 0;
+            while !stop.load(Ordering::Relaxed) || rounds < 3 {
+                for (port, counter, bad_when_connected) in
+                    [(3389u16, &rdp, true), (443, &https, false)]
+                {
+                    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                    let dst: SocketAddr = format!("192.0.2.2:{port}").parse().unwrap();
+                    let connected = socket
+                        .connect_timeout(&dst.into(), Duration::from_millis(300))
+                        .is_ok();
+                    if connected == bad_when_connected {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    daemon.kill9();
+    assert!(!connects(&net.outside, 3389));
+    assert!(connects(&net.outside, 443));
+    let status = status_json(&pins);
+    assert_eq!(status["daemon_running"], false);
+    assert_eq!(status["mode"], "enforce");
+    assert_eq!(status["interfaces"].as_array().unwrap().len(), 2);
+    let generation_while_down = status["generation"].as_u64().unwrap();
+
+    // A start with a broken config while down: exits 1, the pinned policy stays.
+    write_config(
+        &config,
+        &BASE.replace("exchange = \"2019\"", "exchange = \"2003\""),
+    );
+    let broken = Daemon::start(&net.gateway, &config, &pins, &log("broken-restart"));
+    assert_eq!(broken.wait(Duration::from_secs(20)), Some(1));
+    assert_eq!(
+        status_json(&pins)["generation"].as_u64().unwrap(),
+        generation_while_down
+    );
+    assert!(!connects(&net.outside, 3389));
+
+    // Restart: adopts the pins; the same links now run the new program instance.
+    write_config(&config, BASE);
+    let mut daemon = Daemon::start(&net.gateway, &config, &pins, &log("restart"));
+    wait_until("/readyz after restart", Duration::from_secs(30), || {
+        assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());
+        http_get(&net.gateway, METRICS, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let rounds = prober.join().unwrap();
+    assert!(rounds >= 3);
+    assert_eq!(
+        rdp_connected.load(Ordering::Relaxed),
+        0,
+        "3389 connected while the daemon was down or restarting"
+    );
+    assert_eq!(
+        https_failed.load(Ordering::Relaxed),
+        0,
+        "443 failed while the daemon was down or restarting"
+    );
+    let (new_link_id, new_prog_id) = pinned_link(&pins, "out0");
+    assert_eq!(
+        new_link_id, link_id,
+        "the pinned link must be kept, never detached and attached again"
+    );
+    assert_ne!(
+        new_prog_id, prog_id,
+        "the restarted daemon's program must replace the old one through the link"
+    );
+    assert_eq!(
+        value(&net.gateway, "exfw_policy_generation", &[]) as u64,
+        generation_while_down + 1
+    );
+    assert!(!connects(&net.outside, 3389));
+    assert!(
+        value(
+            &net.gateway,
+            "exfw_packets_total",
+            &[r#"verdict="drop""#, r#"reason="policy""#]
+        ) > drops_before_kill,
+        "drop counters must continue across the restart"
+    );
+
+    // SIGTERM: a clean stop that leaves the policy in force.
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait(Duration::from_secs(10)), Some(0));
+    assert!(!connects(&net.outside, 3389));
+
+    // Detach removes everything.
+    let out = Command::new(exfw_binary())
+        .args(["detach", "--pin-dir"])
+        .arg(&pins)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("in0, out0"));
+    assert!(connects(&net.outside, 3389));
+    assert!(!pins.exists());
+    drop(cleanup);
+}
