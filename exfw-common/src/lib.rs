@@ -34,9 +34,13 @@ pub mod map_names {
     pub const EVENTS: &str = "EXFW_EVENTS";
     /// `HashMap<u64, u32>`: rule identity hash -> counter slot (userspace only).
     pub const RULE_IDS: &str = "EXFW_RULE_IDS";
+    /// `HashMap<PortKey, u8>`: the (protocol, port) pairs rules name, per generation; drops to
+    /// other ports are counted under "other".
+    pub const PORTS: &str = "EXFW_PORTS";
     /// Every map, for pinning.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         RULE_IDS,
+        PORTS,
         CONFIG,
         CLASS_V4,
         CLASS_V6,
@@ -75,7 +79,10 @@ pub mod limits {
     /// Default fragment-cache size.
     pub const DEFAULT_FRAG_ENTRIES: u32 = 16_384;
     /// Distinct (dst class, proto, port, verdict) drop counters; more go to `DROP_STATS_FULL`.
+    /// Ports no rule names fold into one "other" key, so the table stays far below this.
     pub const MAX_DROP_KEYS: u32 = 16_384;
+    /// (protocol, port) pairs per generation in `EXFW_PORTS`.
+    pub const MAX_POLICY_PORTS: u32 = 8_192;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENT_RING_BYTES: u32 = 1 << 20;
     /// IPv6 extension headers walked before the packet is dropped as `Ipv6ExtTooMany`.
@@ -484,14 +491,30 @@ pub struct RuleStats {
 pub struct DropKey {
     /// Destination class.
     pub dst_class: u16,
-    /// Destination port, ICMP type or 0.
+    /// Destination port, ICMP type or 0; 0 when `other` is set.
     pub port: u16,
     /// IP protocol number.
     pub proto: u8,
     /// `Verdict::Drop` or `Verdict::WouldDrop`.
     pub verdict: u8,
+    /// 1 when no rule names the port: all such ports share this key.
+    pub other: u8,
     /// Zero.
-    pub pad: [u8; 2],
+    pub pad: u8,
+}
+
+/// An entry of `EXFW_PORTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct PortKey {
+    /// Policy generation.
+    pub generation: u32,
+    /// Port (ICMP: type).
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Zero.
+    pub pad: u8,
 }
 
 /// Per-CPU token bucket of the drop-event sampler.
@@ -556,6 +579,7 @@ mod pod {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for RuleStats {}
     unsafe impl aya::Pod for DropKey {}
+    unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for SamplerState {}
     unsafe impl aya::Pod for DropEvent {}
 }
@@ -576,6 +600,7 @@ mod tests {
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(size_of::<FragValue>(), 16);
         assert_eq!(size_of::<DropKey>(), 8);
+        assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<DropEvent>(), 8 + 32 + 4 + 4 + 4 + 4 + 4 + 2 + 10);
     }
 

@@ -20,9 +20,9 @@ use aya::{
 };
 use exfw_common::{
     CLASS_PROTECTED, CLASS_TRUSTED, ClassKeyV4, ClassKeyV6, ClassValue, Counter, DropEvent,
-    DropKey, FlowKey, FlowValue, GENERATION_BITS, MODE_AUDIT, MODE_ENFORCE, RULE_KEY_FIXED_BITS,
-    Reason, RuleKey, RuleStats, RuleValue, Verdict, config, event_stat, limits, map_names,
-    program_names, reason_index,
+    DropKey, FlowKey, FlowValue, GENERATION_BITS, MODE_AUDIT, MODE_ENFORCE, PortKey,
+    RULE_KEY_FIXED_BITS, Reason, RuleKey, RuleStats, RuleValue, Verdict, config, event_stat,
+    limits, map_names, program_names, reason_index,
 };
 use ipnet::IpNet;
 use tracing::{info, warn};
@@ -352,6 +352,8 @@ pub struct MapEntries {
     pub class_v6: Vec<(Key<ClassKeyV6>, ClassValue)>,
     /// Rule prefixes, disjoint within each (dst class, src class, proto).
     pub rules: Vec<(Key<RuleKey>, RuleValue)>,
+    /// The (protocol, port) pairs rules name.
+    pub ports: Vec<PortKey>,
 }
 
 /// Encodes `policy` as map entries under `generation`.
@@ -393,6 +395,16 @@ pub fn encode(policy: &Policy, generation: u32) -> MapEntries {
             }
         }
     }
+    out.ports = policy
+        .named_ports()
+        .into_iter()
+        .map(|(proto, port)| PortKey {
+            generation,
+            port,
+            proto,
+            pad: 0,
+        })
+        .collect();
     let mut groups: BTreeMap<(u16, u16, u8), Vec<&Rule>> = BTreeMap::new();
     for rule in &policy.rules {
         for src in &rule.src_classes {
@@ -739,7 +751,19 @@ impl Dataplane {
         }
         write(&mut self.ebpf, map_names::CLASS_V4, &entries.class_v4)?;
         write(&mut self.ebpf, map_names::CLASS_V6, &entries.class_v6)?;
-        write(&mut self.ebpf, map_names::RULES, &entries.rules)
+        write(&mut self.ebpf, map_names::RULES, &entries.rules)?;
+        let map = self
+            .ebpf
+            .map_mut(map_names::PORTS)
+            .ok_or(DataplaneError::Missing("port map"))?;
+        let mut ports =
+            aya::maps::HashMap::<_, PortKey, u8>::try_from(map).map_err(map_err("port map"))?;
+        for key in &entries.ports {
+            ports
+                .insert(key, 1, 0)
+                .map_err(map_err("writing the policy ports (is the table full?)"))?;
+        }
+        Ok(())
     }
 
     fn remove_generations(
@@ -778,7 +802,20 @@ impl Dataplane {
             |k| k.generation,
             doomed,
         )?;
-        sweep::<RuleKey, RuleValue>(&mut self.ebpf, map_names::RULES, |k| k.generation, doomed)
+        sweep::<RuleKey, RuleValue>(&mut self.ebpf, map_names::RULES, |k| k.generation, doomed)?;
+        let map = self
+            .ebpf
+            .map_mut(map_names::PORTS)
+            .ok_or(DataplaneError::Missing("port map"))?;
+        let mut ports =
+            aya::maps::HashMap::<_, PortKey, u8>::try_from(map).map_err(map_err("port map"))?;
+        let keys: Vec<PortKey> = ports.keys().filter_map(Result::ok).collect();
+        for key in keys.into_iter().filter(|k| doomed(k.generation)) {
+            ports
+                .remove(&key)
+                .map_err(map_err("removing an old policy port"))?;
+        }
+        Ok(())
     }
 
     fn firewall(&mut self) -> Result<&mut Xdp, DataplaneError> {

@@ -5,7 +5,7 @@
 //! across reloads and daemon restarts.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     sync::{Arc, Mutex, RwLock},
 };
 
@@ -54,15 +54,6 @@ pub struct Shared {
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared").finish_non_exhaustive()
-    }
-}
-
-/// The label a port gets: itself when some rule names it, else "other".
-fn port_label(policy_ports: &BTreeSet<(u8, u16)>, protocol: u8, port: u16) -> String {
-    if policy_ports.contains(&(protocol, port)) {
-        port.to_string()
-    } else {
-        "other".to_string()
     }
 }
 
@@ -191,12 +182,6 @@ impl Collector for ExfwCollector {
             "Bytes by verdict and reason.",
             reason_samples(|c| c.bytes),
         )?;
-        let policy_ports: BTreeSet<(u8, u16)> = policy
-            .rules
-            .iter()
-            .filter(|r| r.ports.first == r.ports.last)
-            .map(|r| (r.proto, r.ports.first))
-            .collect();
         let mut folded: BTreeMap<(String, String, String, String), u64> = BTreeMap::new();
         for (key, c) in &counters.drops {
             let verdict = if key.verdict == exfw_common::Verdict::WouldDrop as u8 {
@@ -208,7 +193,11 @@ impl Collector for ExfwCollector {
                 .entry((
                     policy.class_name(key.dst_class).to_string(),
                     proto_label(key.proto),
-                    port_label(&policy_ports, key.proto, key.port),
+                    if key.other != 0 {
+                        "other".to_string()
+                    } else {
+                        key.port.to_string()
+                    },
                     verdict.to_string(),
                 ))
                 .or_default();
@@ -389,12 +378,7 @@ pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
 /// tcp, udp, icmp, icmpv6, other; plus fixed gauges and one per interface.
 pub fn series_bound(compiled: &Compiled, interfaces: usize) -> usize {
     let p = &compiled.policy;
-    let single_ports: BTreeSet<(u8, u16)> = p
-        .rules
-        .iter()
-        .filter(|r| r.ports.first == r.ports.last)
-        .map(|r| (r.proto, r.ports.first))
-        .collect();
+    let single_ports = p.named_ports();
     let classes = p.classes.len() + 1;
     3 * p.rules.len()
         + 2 * exfw_common::Reason::ALL.len() * 3

@@ -301,17 +301,17 @@ async fn run_async(options: RunOptions) -> Result<()> {
     let mut flow_count = tokio::time::interval(Duration::from_secs(15));
     let mut names = BTreeMap::new();
     let mut running = config;
+    let mut settle: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = hangup.recv() => reload(&shared, &options, &mut running, "SIGHUP"),
             Some(()) = changes.recv() => {
-                // Debounce: wait until the file has been quiet for a moment.
-                loop {
-                    tokio::select! {
-                        Some(()) = changes.recv() => continue,
-                        _ = tokio::time::sleep(DEBOUNCE) => break,
-                    }
-                }
+                // Debounce: load once the file has been quiet for a moment; signals and
+                // timers keep being served meanwhile.
+                settle = Some(tokio::time::Instant::now() + DEBOUNCE);
+            }
+            _ = async { tokio::time::sleep_until(settle.unwrap()).await }, if settle.is_some() => {
+                settle = None;
                 reload(&shared, &options, &mut running, "config file changed");
             }
             _ = drops.tick() => log_drops(&shared, &mut names),

@@ -12,12 +12,14 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
     programs::XdpContext,
 };
 use exfw_common::{
     CLASS_PROTECTED, CLASS_TRUSTED, ClassKeyV4, ClassKeyV6, ClassValue, Counter, DropEvent,
-    DropKey, FlowKey, FlowValue, FragKey, FragValue, GENERATION_BITS, MODE_AUDIT,
+    DropKey, FlowKey, FlowValue, FragKey, FragValue, GENERATION_BITS, MODE_AUDIT, PortKey,
     RULE_KEY_FIXED_BITS, Reason, RuleKey, RuleStats, RuleValue, SamplerState, Verdict, config,
     event_stat, family, limits, proto, reason_index, verdict_for,
 };
@@ -52,6 +54,9 @@ static EXFW_DROPS: PerCpuHashMap<DropKey, Counter> =
 static EXFW_EVSTATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event_stat::SLOTS, 0);
 #[map]
 static EXFW_SAMPLER: PerCpuArray<SamplerState> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static EXFW_PORTS: HashMap<PortKey, u8> =
+    HashMap::with_max_entries(limits::MAX_POLICY_PORTS * 2, 0);
 /// Rule identity hash -> counter slot: written and read by the daemon only, pinned with the
 /// other maps so counters keep their slot across reloads and restarts.
 #[map]
@@ -112,6 +117,7 @@ enum Parsed {
 pub fn exfw_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let audit = config_get(config::MODE) == MODE_AUDIT;
+    let generation = config_get(config::GENERATION) as u32;
     let mut pkt = Packet {
         family: 0,
         vlan: 0,
@@ -135,7 +141,7 @@ pub fn exfw_xdp(ctx: XdpContext) -> u32 {
         Ok(Parsed::NonIp) => Reason::NonIp,
         Ok(Parsed::Ip) if pkt.frag == Frag::Later => follow_fragment(&pkt, &mut rule),
         Ok(Parsed::Ip) => {
-            let reason = decide(&pkt, &mut src_class, &mut dst_class, &mut rule);
+            let reason = decide(&pkt, generation, &mut src_class, &mut dst_class, &mut rule);
             if pkt.frag == Frag::First {
                 remember_fragment(&pkt, reason, rule);
             }
@@ -143,7 +149,7 @@ pub fn exfw_xdp(ctx: XdpContext) -> u32 {
         }
     };
     let verdict = verdict_for(reason, audit);
-    count(&pkt, reason, verdict, rule, dst_class, len);
+    count(&pkt, generation, reason, verdict, rule, dst_class, len);
     if verdict != Verdict::Pass {
         sample(&ctx, &pkt, reason, verdict, src_class, dst_class, len);
     }
@@ -394,11 +400,6 @@ fn is_essential_icmp(fam: u8, icmp_type: u8, code: u8) -> bool {
 }
 
 #[inline(always)]
-fn generation() -> [u8; 4] {
-    (config_get(config::GENERATION) as u32).to_be_bytes()
-}
-
-#[inline(always)]
 fn classify(fam: u8, generation: [u8; 4], addr: &[u8; 16]) -> ClassValue {
     let found = if fam == family::V4 {
         let mut a = [0u8; 4];
@@ -450,6 +451,7 @@ fn flow_key(pkt: &Packet) -> FlowKey {
 #[inline(always)]
 fn decide(
     pkt: &Packet,
+    generation: u32,
     src_class: &mut u16,
     dst_class: &mut u16,
     rule: &mut Option<u32>,
@@ -457,7 +459,7 @@ fn decide(
     if pkt.icmp_essential {
         return Reason::IcmpEssential;
     }
-    let generation = generation();
+    let generation = generation.to_be_bytes();
     let src = classify(pkt.family, generation, &pkt.src);
     let dst = classify(pkt.family, generation, &pkt.dst);
     *src_class = src.class;
@@ -579,6 +581,7 @@ fn bump_event_stat(slot: u32) {
 #[inline(always)]
 fn count(
     pkt: &Packet,
+    generation: u32,
     reason: Reason,
     verdict: Verdict,
     rule: Option<u32>,
@@ -605,12 +608,21 @@ fn count(
         }
     }
     if reason == Reason::Policy {
-        let key = DropKey {
-            dst_class,
+        let named = PortKey {
+            generation,
             port: pkt.rule_port,
             proto: pkt.proto,
+            pad: 0,
+        };
+        // SAFETY: presence check only.
+        let other = unsafe { EXFW_PORTS.get(&named) }.is_none();
+        let key = DropKey {
+            dst_class,
+            port: if other { 0 } else { pkt.rule_port },
+            proto: pkt.proto,
             verdict: verdict as u8,
-            pad: [0; 2],
+            other: other as u8,
+            pad: 0,
         };
         match EXFW_DROPS.get_ptr_mut(&key) {
             // SAFETY: per-CPU value.

@@ -149,3 +149,81 @@ pub fn metric(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
     }
     found
 }
+
+/// Where the test configs make the daemon listen (inside the gateway namespace).
+pub const METRICS: &str = "127.0.0.1:9720";
+
+/// Writes a config the way editors do: a new file renamed over the old one.
+pub fn write_config(path: &Path, text: &str) {
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The daemon's /metrics body (it must answer 200).
+pub fn scrape(gateway: &Namespace) -> String {
+    let (status, body) =
+        http_get(gateway, METRICS, "/metrics").expect("the metrics endpoint answers");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// One metric's value from a fresh scrape.
+pub fn value(gateway: &Namespace, name: &str, labels: &[&str]) -> f64 {
+    metric(&scrape(gateway), name, labels)
+        .unwrap_or_else(|| panic!("no {name}{labels:?} in the scrape"))
+}
+
+/// A test's work directory and pin directory, removed (and detached) however the test ends.
+pub struct Scratch {
+    /// Config files and daemon logs.
+    pub work: PathBuf,
+    /// The bpffs pin directory.
+    pub pins: PathBuf,
+}
+
+impl Scratch {
+    /// Fresh directories named after `tag` and this process.
+    pub fn new(tag: &str) -> Scratch {
+        let id = std::process::id();
+        let work = std::env::temp_dir().join(format!("exfw-{tag}-{id}"));
+        std::fs::create_dir_all(&work).unwrap();
+        Scratch {
+            work,
+            pins: PathBuf::from(format!("/sys/fs/bpf/exfw-{tag}-{id}")),
+        }
+    }
+
+    /// The config file path.
+    pub fn config(&self) -> PathBuf {
+        self.work.join("exfw.toml")
+    }
+
+    /// A log file path.
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.work.join(format!("{name}.log"))
+    }
+
+    /// Starts `exfw run` in `ns` with this scratch's config and pins, and waits for /readyz.
+    pub fn start_ready(&self, ns: &Namespace, log: &str) -> Daemon {
+        let mut daemon = Daemon::start(ns, &self.config(), &self.pins, &self.log(log));
+        wait_until("/readyz", Duration::from_secs(30), || {
+            assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());
+            http_get(ns, METRICS, "/readyz").is_some_and(|(s, _)| s == 200)
+        });
+        daemon
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.work);
+        if self.pins.exists() {
+            let _ = Command::new(exfw_binary())
+                .args(["detach", "--pin-dir"])
+                .arg(&self.pins)
+                .status();
+            let _ = std::fs::remove_dir_all(&self.pins);
+        }
+    }
+}

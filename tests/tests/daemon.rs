@@ -6,7 +6,7 @@
 use std::{
     io::ErrorKind,
     net::{SocketAddr, TcpListener},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{
         Arc,
@@ -16,13 +16,14 @@ use std::{
 };
 
 use exfw_tests::{
-    daemon::{Daemon, exfw_binary, http_get, metric, wait_until},
+    daemon::{
+        Daemon, Scratch, exfw_binary, http_get, metric, scrape, value, wait_until, write_config,
+    },
     netns::{Namespace, Topology},
     require_root,
 };
 use socket2::{Domain, Socket, Type};
 
-const METRICS: &str = "127.0.0.1:9720";
 const BASE: &str = r#"version = 1
 mode = "enforce"
 
@@ -57,25 +58,6 @@ ports = [3389]
 reason = "test: temporary remote desktop"
 "#;
 
-/// Removes the test's files and pins however it ends.
-struct Cleanup {
-    work: PathBuf,
-    pins: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.work);
-        if self.pins.exists() {
-            let _ = Command::new(exfw_binary())
-                .args(["detach", "--pin-dir"])
-                .arg(&self.pins)
-                .status();
-            let _ = std::fs::remove_dir_all(&self.pins);
-        }
-    }
-}
-
 fn connects(outside: &Namespace, port: u16) -> bool {
     let dst: SocketAddr = format!("192.0.2.2:{port}").parse().unwrap();
     outside.run(|| {
@@ -86,25 +68,6 @@ fn connects(outside: &Namespace, port: u16) -> bool {
             Err(e) => panic!("connect {dst}: {e}"),
         }
     })
-}
-
-/// Writes the config the way editors do: a new file renamed over the old one.
-fn write_config(path: &Path, text: &str) {
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn scrape(gateway: &Namespace) -> String {
-    let (status, body) =
-        http_get(gateway, METRICS, "/metrics").expect("the metrics endpoint answers");
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn value(gateway: &Namespace, name: &str, labels: &[&str]) -> f64 {
-    metric(&scrape(gateway), name, labels)
-        .unwrap_or_else(|| panic!("no {name}{labels:?} in the scrape"))
 }
 
 fn pinned_link(pins: &Path, iface: &str) -> (u64, u64) {
@@ -135,14 +98,9 @@ fn status_json(pins: &Path) -> serde_json::Value {
 #[test]
 fn daemon_lifecycle() {
     require_root();
-    let id = std::process::id();
-    let cleanup = Cleanup {
-        work: std::env::temp_dir().join(format!("exfw-daemon-test-{id}")),
-        pins: PathBuf::from(format!("/sys/fs/bpf/exfw-dtest-{id}")),
-    };
-    std::fs::create_dir_all(&cleanup.work).unwrap();
-    let config = cleanup.work.join("exfw.toml");
-    let log = |n: &str| cleanup.work.join(format!("{n}.log"));
+    let cleanup = Scratch::new("dtest");
+    let config = cleanup.config();
+    let log = |n: &str| cleanup.log(n);
     let pins = cleanup.pins.clone();
     let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
     let _listeners: Vec<TcpListener> = net.inside.run(|| {
@@ -167,9 +125,15 @@ fn daemon_lifecycle() {
     let mut daemon = Daemon::start(&net.gateway, &config, &pins, &log("first"));
     wait_until("/readyz", Duration::from_secs(30), || {
         assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());
-        http_get(&net.gateway, METRICS, "/readyz").is_some_and(|(s, _)| s == 200)
+        http_get(&net.gateway, exfw_tests::daemon::METRICS, "/readyz")
+            .is_some_and(|(s, _)| s == 200)
     });
-    assert_eq!(http_get(&net.gateway, METRICS, "/healthz").unwrap().0, 200);
+    assert_eq!(
+        http_get(&net.gateway, exfw_tests::daemon::METRICS, "/healthz")
+            .unwrap()
+            .0,
+        200
+    );
     assert!(connects(&net.outside, 443));
     assert!(!connects(&net.outside, 3389));
     let body = scrape(&net.gateway);
@@ -322,7 +286,8 @@ fn daemon_lifecycle() {
     let mut daemon = Daemon::start(&net.gateway, &config, &pins, &log("restart"));
     wait_until("/readyz after restart", Duration::from_secs(30), || {
         assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());
-        http_get(&net.gateway, METRICS, "/readyz").is_some_and(|(s, _)| s == 200)
+        http_get(&net.gateway, exfw_tests::daemon::METRICS, "/readyz")
+            .is_some_and(|(s, _)| s == 200)
     });
     stop.store(true, Ordering::Relaxed);
     let rounds = prober.join().unwrap();

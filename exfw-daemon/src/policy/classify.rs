@@ -110,6 +110,7 @@ struct CachedFragment {
 #[derive(Clone, Debug)]
 pub struct Reference {
     policy: Policy,
+    named_ports: std::collections::BTreeSet<(u8, u16)>,
     flows: HashMap<FlowKey, u64>,
     frags: HashMap<FragKey, CachedFragment>,
     counters: Counters,
@@ -124,6 +125,7 @@ impl Reference {
     /// A classifier with empty tables.
     pub fn new(policy: Policy) -> Self {
         Reference {
+            named_ports: policy.named_ports(),
             policy,
             flows: HashMap::new(),
             frags: HashMap::new(),
@@ -139,6 +141,7 @@ impl Reference {
 
     /// Swaps the policy, keeping flows, fragments and counters (as a generation flip does).
     pub fn set_policy(&mut self, policy: Policy) {
+        self.named_ports = policy.named_ports();
         self.policy = policy;
     }
 
@@ -305,12 +308,14 @@ impl Reference {
             }
         }
         if let (Reason::Policy, Some(p)) = (out.reason, p) {
+            let other = !self.named_ports.contains(&(p.proto, p.rule_port));
             let key = DropKey {
                 dst_class: out.dst_class,
-                port: p.rule_port,
+                port: if other { 0 } else { p.rule_port },
                 proto: p.proto,
                 verdict: out.verdict as u8,
-                pad: [0; 2],
+                other: other as u8,
+                pad: 0,
             };
             let full = self.counters.drops.len() >= limits::MAX_DROP_KEYS as usize;
             if !full || self.counters.drops.contains_key(&key) {

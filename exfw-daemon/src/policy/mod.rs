@@ -276,6 +276,16 @@ impl Policy {
         self.class(id).map_or("external", |c| c.name.as_str())
     }
 
+    /// The (protocol, port) pairs that single-port rules name: per-port drop counters keep these
+    /// ports and fold every other port into "other".
+    pub fn named_ports(&self) -> BTreeSet<(u8, u16)> {
+        self.rules
+            .iter()
+            .filter(|r| r.ports.first == r.ports.last)
+            .map(|r| (r.proto, r.ports.first))
+            .collect()
+    }
+
     /// The rule that decides traffic from `src` to `dst` on `proto`/`port`: among the rules that
     /// match, the one with the narrowest port range, then the lowest id.
     pub fn matching_rule(&self, src: u16, dst: u16, proto: u8, port: u16) -> Option<&Rule> {
