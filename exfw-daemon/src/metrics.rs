@@ -117,6 +117,25 @@ impl Collector for ExfwCollector {
             tracing::error!("reading the kernel counters failed during a scrape");
             return Err(std::fmt::Error);
         };
+        // Every rule and every (verdict, reason) has a series from the start, zero or not.
+        let rule_stats: Vec<(u32, exfw_common::RuleStats)> = policy
+            .rules
+            .iter()
+            .map(|r| (r.id, counters.rules.get(&r.id).copied().unwrap_or_default()))
+            .collect();
+        let reason_stats: Vec<((exfw_common::Verdict, exfw_common::Reason), Counter)> =
+            exfw_common::Reason::ALL
+                .iter()
+                .flat_map(|r| {
+                    let verdicts: &[exfw_common::Verdict] = if r.drops() {
+                        &[exfw_common::Verdict::Drop, exfw_common::Verdict::WouldDrop]
+                    } else {
+                        &[exfw_common::Verdict::Pass]
+                    };
+                    verdicts.iter().map(move |v| (*v, *r))
+                })
+                .map(|k| (k, counters.reasons.get(&k).copied().unwrap_or_default()))
+                .collect();
         let rule_labels = |id: u32| -> Labels {
             let rule = policy.rule(id).expect("counters are read for policy rules");
             vec![
@@ -131,8 +150,7 @@ impl Collector for ExfwCollector {
             &mut encoder,
             "exfw_rule_packets",
             "Packets each rule passed.",
-            counters
-                .rules
+            rule_stats
                 .iter()
                 .map(|(id, s)| (rule_labels(*id), counter(s.packets))),
         )?;
@@ -140,8 +158,7 @@ impl Collector for ExfwCollector {
             &mut encoder,
             "exfw_rule_bytes",
             "Bytes each rule passed (whole frames).",
-            counters
-                .rules
+            rule_stats
                 .iter()
                 .map(|(id, s)| (rule_labels(*id), counter(s.bytes))),
         )?;
@@ -149,8 +166,7 @@ impl Collector for ExfwCollector {
             &mut encoder,
             "exfw_rule_new_connections",
             "TCP connections each rule admitted (SYN without ACK).",
-            counters
-                .rules
+            rule_stats
                 .iter()
                 .map(|(id, s)| (rule_labels(*id), counter(s.new_connections))),
         )?;
@@ -160,7 +176,7 @@ impl Collector for ExfwCollector {
             exfw_common::Verdict::WouldDrop => "would_drop",
         };
         let reason_samples = |pick: fn(&Counter) -> u64| {
-            counters.reasons.iter().map(move |((v, r), c)| {
+            reason_stats.iter().map(move |((v, r), c)| {
                 (
                     vec![
                         ("verdict", verdict_name(*v).to_string()),
@@ -381,7 +397,7 @@ pub fn series_bound(compiled: &Compiled, interfaces: usize) -> usize {
     let single_ports = p.named_ports();
     let classes = p.classes.len() + 1;
     3 * p.rules.len()
-        + 2 * exfw_common::Reason::ALL.len() * 3
+        + 2 * exfw_common::Reason::ALL.len() * 2
         + classes * 2 * (single_ports.len() + 5)
         + 20
         + interfaces

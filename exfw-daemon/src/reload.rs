@@ -143,7 +143,7 @@ fn reload(shared: &Shared, options: &RunOptions, running: &mut Config, why: &str
             info!(
                 generation,
                 trigger = why,
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "config reloaded"
             );
         }

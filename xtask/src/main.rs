@@ -196,6 +196,15 @@ fn test(args: &[String]) -> Result<()> {
 
 fn bench() -> Result<()> {
     fs::create_dir_all("target/bench")?;
+    // The benchmark starts the real daemon: build it in the same profile.
+    run(Command::new("cargo").args([
+        "build",
+        "--quiet",
+        "--release",
+        "--locked",
+        "-p",
+        "exfw-daemon",
+    ]))?;
     run(Command::new("cargo").args([
         "run",
         "--quiet",

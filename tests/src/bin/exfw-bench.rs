@@ -191,6 +191,160 @@ fn compile_rows() -> Vec<(String, String, f64, f64)> {
     ]
 }
 
+/// GET `path` from `addr`: (status, body).
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        status,
+        response
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_string()),
+    ))
+}
+
+/// The real `exfw run` (no interfaces) with a small and a 10,000-server config: resident
+/// memory, SIGHUP reload latency (the daemon's own measurement), and /metrics scrape time.
+fn daemon_rows() -> Vec<(String, String, f64, f64)> {
+    let exfw = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("exfw");
+    assert!(
+        exfw.exists(),
+        "{} is missing: cargo xtask bench builds it",
+        exfw.display()
+    );
+    let work = std::env::temp_dir().join(format!("exfw-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let mut measured: Vec<(String, f64, f64, f64, usize)> = Vec::new();
+    for (i, (label, servers, networks)) in [
+        ("small (baseline)", 10, 1),
+        ("10k servers, 1k nets", 10_000, 1_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let addr = format!("127.0.0.1:{}", 19720 + i);
+        let config = work.join(format!("{i}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "{}\n[metrics]\nlisten = \"{addr}\"\n",
+                large_config(servers, networks)
+            ),
+        )
+        .unwrap();
+        let pins =
+            std::path::PathBuf::from(format!("/sys/fs/bpf/exfw-bench-{}-{i}", std::process::id()));
+        let log = work.join(format!("{i}.log"));
+        let mut child = std::process::Command::new(&exfw)
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--pin-dir")
+            .arg(&pins)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start exfw run");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while get(&addr, "/readyz").is_none_or(|(s, _)| s != 200) {
+            assert!(
+                std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+                "exfw run did not get ready: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let rss_kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut reloads = Vec::new();
+        for n in 1..=SAMPLES {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap();
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.contains("config reloaded"))
+                    .collect();
+                if lines.len() >= n {
+                    let ms: f64 = lines[n - 1]
+                        .split("elapsed_ms=")
+                        .nth(1)
+                        .unwrap()
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    reloads.push(ms);
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        reloads.sort_by(f64::total_cmp);
+        let mut series = 0;
+        let scrape = median_ms(|| {
+            let (status, body) = get(&addr, "/metrics").unwrap();
+            assert_eq!(status, 200);
+            series = body
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .count();
+        });
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap();
+        std::process::Command::new(&exfw)
+            .args(["detach", "--pin-dir"])
+            .arg(&pins)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        measured.push((
+            label.to_string(),
+            rss_kib / 1024.0,
+            reloads[SAMPLES / 2],
+            scrape,
+            series,
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let base = measured[0].clone();
+    let mut rows = Vec::new();
+    for (label, rss, reload, scrape, series) in &measured {
+        rows.push((label.clone(), "daemon RSS (MiB)".into(), *rss, rss / base.1));
+        rows.push((
+            label.clone(),
+            "SIGHUP reload (ms)".into(),
+            *reload,
+            reload / base.2.max(0.001),
+        ));
+        rows.push((
+            label.clone(),
+            format!("scrape, {series} series (ms)"),
+            *scrape,
+            scrape / base.3.max(0.001),
+        ));
+    }
+    rows
+}
+
 fn main() {
     let out = std::env::args()
         .nth(1)
@@ -233,14 +387,15 @@ fn main() {
     for (policy, case, ns, ratio) in &rows {
         println!("{policy:<12} {case:<36} {ns:>10.1} {ratio:>10.2}");
     }
-    let compile = compile_rows();
+    let mut compile = compile_rows();
+    compile.extend(daemon_rows());
     println!();
     println!(
-        "{:<22} {:<18} {:>10} {:>10}",
-        "config", "step", "ms", "x baseline"
+        "{:<22} {:<30} {:>10} {:>10}",
+        "config", "measure (ms unless said)", "value", "x baseline"
     );
-    for (config, step, ms, ratio) in &compile {
-        println!("{config:<22} {step:<18} {ms:>10.2} {ratio:>10.1}");
+    for (config, step, value, ratio) in &compile {
+        println!("{config:<22} {step:<30} {value:>10.2} {ratio:>10.1}");
     }
     let dataplane: Vec<serde_json::Value> = rows
         .iter()
@@ -248,7 +403,7 @@ fn main() {
         .collect();
     let compile: Vec<serde_json::Value> = compile
         .iter()
-        .map(|(config, step, ms, ratio)| serde_json::json!({"config": config, "step": step, "ms": ms, "ratio_to_baseline": ratio, "samples": SAMPLES}))
+        .map(|(config, step, value, ratio)| serde_json::json!({"config": config, "measure": step, "value": value, "ratio_to_baseline": ratio, "samples": SAMPLES}))
         .collect();
     let json = serde_json::json!({"dataplane": dataplane, "compile": compile});
     std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap())
