@@ -25,6 +25,8 @@ fn examples() -> Vec<String> {
         .map(|e| e.unwrap().path().display().to_string())
         .filter(|p| p.ends_with(".toml"))
         .collect();
+    // The config the Debian package installs as /etc/exfw/exfw.toml.
+    list.push(root().join("packaging/exfw.toml").display().to_string());
     list.sort();
     list
 }

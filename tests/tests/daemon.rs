@@ -208,6 +208,12 @@ fn daemon_lifecycle() {
     assert!(connects(&net.outside, 443));
     assert!(!connects(&net.outside, 3389));
 
+    let https_label = [r#"service="https""#, r#"dst_role="mailbox""#];
+    let https_before = value(
+        &net.gateway,
+        "exfw_rule_new_connections_total",
+        &https_label,
+    );
     // An edited file (replaced by rename) reloads by itself.
     write_config(&config, &format!("{BASE}{ALLOW_RDP}"));
     wait_until("the reload after the edit", Duration::from_secs(10), || {
@@ -215,6 +221,22 @@ fn daemon_lifecycle() {
             && value(&net.gateway, "exfw_policy_generation", &[]) > first_generation
     });
     assert!(connects(&net.outside, 3389));
+    // Adding a rule moved no other rule's counters (stable slots).
+    assert!(
+        value(
+            &net.gateway,
+            "exfw_rule_new_connections_total",
+            &https_label
+        ) >= https_before
+    );
+    assert!(connects(&net.outside, 443));
+    assert!(
+        value(
+            &net.gateway,
+            "exfw_rule_new_connections_total",
+            &https_label
+        ) > https_before
+    );
     write_config(&config, BASE);
     wait_until("the reload back", Duration::from_secs(10), || {
         !connects(&net.outside, 3389)

@@ -28,6 +28,8 @@ const PACKAGES: &[&str] = &[
     "nftables",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Builds the Debian package (`cargo deb`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 #[derive(Parser)]
 #[command(about = "Build, test and benchmark exfw")]
@@ -42,7 +44,8 @@ enum Cmd {
     Setup,
     /// Build the XDP object (Debian's rustc) and the `exfw` binary (rustup's stable), release.
     Build,
-    /// Check formatting and lints, then run every test as root (unit, BPF_PROG_TEST_RUN, netns).
+    /// Check formatting and lints, build the binaries and the Debian package, then run every
+    /// test as root (unit, BPF_PROG_TEST_RUN, network namespaces, the daemon, packaging).
     Test {
         /// Arguments passed to `cargo test` after `--`.
         #[arg(last = true)]
@@ -144,6 +147,21 @@ fn setup() -> Result<()> {
             ])
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    let deb = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if !deb.as_deref().is_ok_and(|v| v.contains(CARGO_DEB_VERSION)) {
+        eprintln!("xtask setup: installing cargo-deb {CARGO_DEB_VERSION}");
+        run(Command::new("cargo").args([
+            "install",
+            "--quiet",
+            "--locked",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB_VERSION,
+        ]))?;
     }
     let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
     if !mounts
