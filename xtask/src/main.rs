@@ -206,6 +206,11 @@ fn test(args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The daemon tests run the `exfw` binary itself, and the packaging test reads the .deb.
+    run(Command::new("cargo").args(["build", "--locked", "--workspace", "--bins"]))?;
+    run(Command::new("cargo")
+        .args(["deb", "--locked", "-p", "exfw-daemon"])
+        .stdout(Stdio::null()))?;
     run(Command::new("cargo")
         .args(["test", "--locked", "--workspace"])
         .arg("--")
