@@ -557,6 +557,17 @@ impl Dataplane {
         self.generation
     }
 
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<aya::maps::HashMap<&mut MapData, K, V>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::Missing("hash map"))?;
+        aya::maps::HashMap::try_from(map).map_err(map_err(name))
+    }
+
     fn config(&mut self) -> Result<Array<&mut MapData, u64>, DataplaneError> {
         let map = self
             .ebpf
@@ -617,12 +628,7 @@ impl Dataplane {
             .map(|r| (fnv1a(compiled.rule_identity(r).as_bytes()), r.id))
             .collect();
         let wanted: BTreeSet<u64> = identities.iter().map(|(h, _)| *h).collect();
-        let map = self
-            .ebpf
-            .map_mut(map_names::RULE_IDS)
-            .ok_or(DataplaneError::Missing("rule id map"))?;
-        let mut ids =
-            aya::maps::HashMap::<_, u64, u32>::try_from(map).map_err(map_err("rule id map"))?;
+        let mut ids = self.hash_map::<u64, u32>(map_names::RULE_IDS)?;
         let mut known: BTreeMap<u64, u32> = BTreeMap::new();
         for item in ids.iter() {
             let (hash, slot) = item.map_err(map_err("reading rule ids"))?;
@@ -752,12 +758,7 @@ impl Dataplane {
         write(&mut self.ebpf, map_names::CLASS_V4, &entries.class_v4)?;
         write(&mut self.ebpf, map_names::CLASS_V6, &entries.class_v6)?;
         write(&mut self.ebpf, map_names::RULES, &entries.rules)?;
-        let map = self
-            .ebpf
-            .map_mut(map_names::PORTS)
-            .ok_or(DataplaneError::Missing("port map"))?;
-        let mut ports =
-            aya::maps::HashMap::<_, PortKey, u8>::try_from(map).map_err(map_err("port map"))?;
+        let mut ports = self.hash_map::<PortKey, u8>(map_names::PORTS)?;
         for key in &entries.ports {
             ports
                 .insert(key, 1, 0)
@@ -803,12 +804,7 @@ impl Dataplane {
             doomed,
         )?;
         sweep::<RuleKey, RuleValue>(&mut self.ebpf, map_names::RULES, |k| k.generation, doomed)?;
-        let map = self
-            .ebpf
-            .map_mut(map_names::PORTS)
-            .ok_or(DataplaneError::Missing("port map"))?;
-        let mut ports =
-            aya::maps::HashMap::<_, PortKey, u8>::try_from(map).map_err(map_err("port map"))?;
+        let mut ports = self.hash_map::<PortKey, u8>(map_names::PORTS)?;
         let keys: Vec<PortKey> = ports.keys().filter_map(Result::ok).collect();
         for key in keys.into_iter().filter(|k| doomed(k.generation)) {
             ports

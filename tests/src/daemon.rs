@@ -104,27 +104,29 @@ impl Drop for Daemon {
     }
 }
 
-/// GET `path` from `addr` inside `ns`: (status, body), or None when nothing answers.
+/// GET `path` from `addr` in the calling thread's namespace: (status, body), or None when
+/// nothing answers.
+pub fn http_get_here(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    Some((status, body))
+}
+
+/// GET `path` from `addr` inside `ns`.
 pub fn http_get(ns: &Namespace, addr: &str, path: &str) -> Option<(u16, String)> {
-    let addr = addr.to_string();
-    let path = path.to_string();
-    ns.run(move || {
-        let mut stream =
-            TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let status = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map_or(String::new(), |(_, b)| b.to_string());
-        Some((status, body))
-    })
+    ns.run(|| http_get_here(addr, path))
 }
 
 /// Polls until `condition` holds; panics with `what` and the daemon log after `limit`.
@@ -152,6 +154,33 @@ pub fn metric(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
 
 /// Where the test configs make the daemon listen (inside the gateway namespace).
 pub const METRICS: &str = "127.0.0.1:9720";
+
+/// A 2019 organisation with one Mailbox server at 192.0.2.2, exfw on the gateway's `out0` and
+/// `in0` in driver mode, metrics on [`METRICS`]: the daemon tests' starting point.
+pub const GATEWAY_CONFIG: &str = r#"version = 1
+mode = "enforce"
+
+[organization]
+exchange = "2019"
+http = false
+icmp_echo = false
+
+[[server]]
+name = "EX01"
+roles = ["mailbox"]
+addresses = ["192.0.2.2"]
+
+[[interface]]
+name = "out0"
+xdp_mode = "driver"
+
+[[interface]]
+name = "in0"
+xdp_mode = "driver"
+
+[metrics]
+listen = "127.0.0.1:9720"
+"#;
 
 /// Writes a config the way editors do: a new file renamed over the old one.
 pub fn write_config(path: &Path, text: &str) {

@@ -17,37 +17,14 @@ use std::{
 
 use exfw_tests::{
     daemon::{
-        Daemon, Scratch, exfw_binary, http_get, metric, scrape, value, wait_until, write_config,
+        Daemon, GATEWAY_CONFIG, Scratch, exfw_binary, http_get, metric, scrape, value, wait_until,
+        write_config,
     },
     netns::{Namespace, Topology},
     require_root,
 };
 use socket2::{Domain, Socket, Type};
 
-const BASE: &str = r#"version = 1
-mode = "enforce"
-
-[organization]
-exchange = "2019"
-http = false
-icmp_echo = false
-
-[[server]]
-name = "EX01"
-roles = ["mailbox"]
-addresses = ["192.0.2.2"]
-
-[[interface]]
-name = "out0"
-xdp_mode = "driver"
-
-[[interface]]
-name = "in0"
-xdp_mode = "driver"
-
-[metrics]
-listen = "127.0.0.1:9720"
-"#;
 const ALLOW_RDP: &str = r#"
 [[allow]]
 name = "rdp-jump"
@@ -111,7 +88,10 @@ fn daemon_lifecycle() {
     });
 
     // A start that cannot succeed (unknown interface) exits 1 and changes nothing.
-    write_config(&config, &BASE.replace("name = \"in0\"", "name = \"nope0\""));
+    write_config(
+        &config,
+        &GATEWAY_CONFIG.replace("name = \"in0\"", "name = \"nope0\""),
+    );
     let failed = Daemon::start(&net.gateway, &config, &pins, &log("failed-start"));
     let log_path = failed.log.clone();
     assert_eq!(failed.wait(Duration::from_secs(20)), Some(1));
@@ -121,7 +101,7 @@ fn daemon_lifecycle() {
     assert!(connects(&net.outside, 3389), "nothing is enforcing yet");
 
     // Start.
-    write_config(&config, BASE);
+    write_config(&config, GATEWAY_CONFIG);
     let mut daemon = Daemon::start(&net.gateway, &config, &pins, &log("first"));
     wait_until("/readyz", Duration::from_secs(30), || {
         assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());
@@ -188,7 +168,7 @@ fn daemon_lifecycle() {
     assert!(text.contains("another exfw daemon manages"), "{text}");
 
     // A broken file on SIGHUP: every error logged, the running policy stays.
-    write_config(&config, &format!("{BASE}\n[organization.typo]\n"));
+    write_config(&config, &format!("{GATEWAY_CONFIG}\n[organization.typo]\n"));
     daemon.signal(libc::SIGHUP);
     wait_until("the failed reload", Duration::from_secs(10), || {
         value(&net.gateway, "exfw_config_last_reload_successful", &[]) == 0.0
@@ -215,7 +195,7 @@ fn daemon_lifecycle() {
         &https_label,
     );
     // An edited file (replaced by rename) reloads by itself.
-    write_config(&config, &format!("{BASE}{ALLOW_RDP}"));
+    write_config(&config, &format!("{GATEWAY_CONFIG}{ALLOW_RDP}"));
     wait_until("the reload after the edit", Duration::from_secs(10), || {
         value(&net.gateway, "exfw_config_last_reload_successful", &[]) == 1.0
             && value(&net.gateway, "exfw_policy_generation", &[]) > first_generation
@@ -237,7 +217,7 @@ fn daemon_lifecycle() {
             &https_label
         ) > https_before
     );
-    write_config(&config, BASE);
+    write_config(&config, GATEWAY_CONFIG);
     wait_until("the reload back", Duration::from_secs(10), || {
         !connects(&net.outside, 3389)
     });
@@ -293,7 +273,7 @@ fn daemon_lifecycle() {
     // A start with a broken config while down: exits 1, the pinned policy stays.
     write_config(
         &config,
-        &BASE.replace("exchange = \"2019\"", "exchange = \"2003\""),
+        &GATEWAY_CONFIG.replace("exchange = \"2019\"", "exchange = \"2003\""),
     );
     let broken = Daemon::start(&net.gateway, &config, &pins, &log("broken-restart"));
     assert_eq!(broken.wait(Duration::from_secs(20)), Some(1));
@@ -304,7 +284,7 @@ fn daemon_lifecycle() {
     assert!(!connects(&net.outside, 3389));
 
     // Restart: adopts the pins; the same links now run the new program instance.
-    write_config(&config, BASE);
+    write_config(&config, GATEWAY_CONFIG);
     let mut daemon = Daemon::start(&net.gateway, &config, &pins, &log("restart"));
     wait_until("/readyz after restart", Duration::from_secs(30), || {
         assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());

@@ -13,34 +13,10 @@ use std::{
 
 use exfw_daemon::{config, metrics::series_bound, policy::compile};
 use exfw_tests::{
-    daemon::{Scratch, scrape, value, wait_until, write_config},
+    daemon::{GATEWAY_CONFIG, Scratch, scrape, value, wait_until, write_config},
     netns::Topology,
     require_root,
 };
-
-const BASE: &str = r#"version = 1
-mode = "enforce"
-
-[organization]
-exchange = "2019"
-icmp_echo = false
-
-[[server]]
-name = "EX01"
-roles = ["mailbox"]
-addresses = ["192.0.2.2"]
-
-[[interface]]
-name = "out0"
-xdp_mode = "driver"
-
-[[interface]]
-name = "in0"
-xdp_mode = "driver"
-
-[metrics]
-listen = "127.0.0.1:9720"
-"#;
 
 fn allow_udp(port: u16) -> String {
     format!(
@@ -60,8 +36,8 @@ fn reloads_under_traffic_lose_nothing() {
     require_root();
     let scratch = Scratch::new("reload");
     let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
-    let first = format!("{BASE}{}{}", allow_udp(BOTH), allow_udp(FIRST));
-    let second = format!("{BASE}{}{}", allow_udp(BOTH), allow_udp(SECOND));
+    let first = format!("{GATEWAY_CONFIG}{}{}", allow_udp(BOTH), allow_udp(FIRST));
+    let second = format!("{GATEWAY_CONFIG}{}{}", allow_udp(BOTH), allow_udp(SECOND));
     write_config(&scratch.config(), &first);
     let daemon = scratch.start_ready(&net.gateway, "daemon");
 
@@ -179,7 +155,7 @@ fn series_stay_bounded_when_every_port_is_probed() {
     require_root();
     let scratch = Scratch::new("series");
     let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
-    let text = format!("{BASE}{}", allow_udp(BOTH));
+    let text = format!("{GATEWAY_CONFIG}{}", allow_udp(BOTH));
     write_config(&scratch.config(), &text);
     let compiled = compile(&config::parse(&text, "test").unwrap()).unwrap();
     let bound = series_bound(&compiled, 2);

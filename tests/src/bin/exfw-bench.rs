@@ -9,7 +9,10 @@ use exfw_daemon::{
     dataplane::{Dataplane, LoadOptions},
     policy::{Class, Policy, PortRange, Rule},
 };
-use exfw_tests::packet::{L4, Spec, build};
+use exfw_tests::{
+    daemon::http_get_here,
+    packet::{L4, Spec, build},
+};
 
 const REPEAT: u32 = 1_000_000;
 const SAMPLES: usize = 5;
@@ -191,26 +194,6 @@ fn compile_rows() -> Vec<(String, String, f64, f64)> {
     ]
 }
 
-/// GET `path` from `addr`: (status, body).
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    Some((
-        status,
-        response
-            .split_once("\r\n\r\n")
-            .map_or(String::new(), |(_, b)| b.to_string()),
-    ))
-}
-
 /// The real `exfw run` (no interfaces) with a small and a 10,000-server config: resident
 /// memory, SIGHUP reload latency (the daemon's own measurement), and /metrics scrape time.
 fn daemon_rows() -> Vec<(String, String, f64, f64)> {
@@ -256,7 +239,7 @@ fn daemon_rows() -> Vec<(String, String, f64, f64)> {
             .spawn()
             .expect("start exfw run");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while get(&addr, "/readyz").is_none_or(|(s, _)| s != 200) {
+        while http_get_here(&addr, "/readyz").is_none_or(|(s, _)| s != 200) {
             assert!(
                 std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none(),
                 "exfw run did not get ready: {}",
@@ -301,7 +284,7 @@ fn daemon_rows() -> Vec<(String, String, f64, f64)> {
         reloads.sort_by(f64::total_cmp);
         let mut series = 0;
         let scrape = median_ms(|| {
-            let (status, body) = get(&addr, "/metrics").unwrap();
+            let (status, body) = http_get_here(&addr, "/metrics").unwrap();
             assert_eq!(status, 200);
             series = body
                 .lines()
