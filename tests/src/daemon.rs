@@ -10,20 +10,23 @@ use std::{
 
 use crate::netns::Namespace;
 
-/// The `exfw` binary next to the test executables (cargo test --workspace builds it).
+/// The `exfw` binary of the same build: beside this executable (a binary such as exfw-lab) or
+/// one directory up (test executables live in deps/).
 pub fn exfw_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let bin = dir.join("exfw");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests through `cargo xtask test` (or build exfw-daemon first)",
-        bin.display()
-    );
-    bin
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    [
+        dir.join("exfw"),
+        dir.parent().map(|d| d.join("exfw")).unwrap_or_default(),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| {
+        panic!(
+            "no exfw binary beside {}: run through `cargo xtask test` or `cargo xtask lab`",
+            exe.display()
+        )
+    })
 }
 
 /// A running `exfw run` in a network namespace; killed on drop.
