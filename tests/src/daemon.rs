@@ -107,7 +107,8 @@ impl Drop for Daemon {
     }
 }
 
-/// GET `path` from `addr` in the calling thread's namespace: (status, body), or None when
+/// GET `path` from `addr` in the calling thread's namespace (HTTP/1.0, so the body is never
+/// chunked): (status, body), or None when
 /// nothing answers.
 pub fn http_get_here(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut stream =
@@ -115,7 +116,7 @@ pub fn http_get_here(addr: &str, path: &str) -> Option<(u16, String)> {
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();

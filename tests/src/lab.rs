@@ -90,6 +90,9 @@ struct Seen {
 /// The running lab; dropping it stops every process and removes every namespace and pin.
 pub struct Lab {
     children: Vec<(String, Child)>,
+    /// (namespace, config directory) of each postfix instance: its master leaves our process
+    /// group, so teardown stops it with `postfix stop`.
+    postfixes: Vec<(String, String)>,
     daemon: Option<Daemon>,
     stop_listeners: Arc<AtomicBool>,
     resolv_dirs: Vec<PathBuf>,
@@ -136,6 +139,7 @@ impl Lab {
         let compiled = compile(&cfg)?;
         let mut lab = Lab {
             children: Vec::new(),
+            postfixes: Vec::new(),
             daemon: None,
             stop_listeners: Arc::new(AtomicBool::new(false)),
             resolv_dirs: Vec::new(),
@@ -309,6 +313,8 @@ impl Lab {
                 let mut set: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut set);
                 libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                // Its own process group, so teardown reaches the daemons it forks (postfix master).
+                libc::setpgid(0, 0);
                 Ok(())
             });
         }
@@ -570,6 +576,7 @@ impl Lab {
             ns,
             &["postfix", "-c", &d, "start-fg"],
         )?;
+        self.postfixes.push((ns.to_string(), d));
         Ok(())
     }
 
@@ -1066,6 +1073,11 @@ impl Lab {
         );
     }
 
+    /// The lab's working directory (configs, logs, mail).
+    pub fn work_dir(&self) -> PathBuf {
+        self.work.clone()
+    }
+
     /// Where things are, for `--keep`.
     pub fn describe(&self) -> String {
         format!(
@@ -1085,14 +1097,22 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_listeners.store(true, Ordering::Relaxed);
+        for (ns, dir) in &self.postfixes {
+            let _ = Command::new("ip")
+                .args(["netns", "exec", ns, "postfix", "-c", dir, "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         for (name, child) in self.children.iter_mut().rev() {
-            // SAFETY: signalling our own child (ip netns exec execs the server in place).
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            // SAFETY: signalling the process group we gave our own child.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(5);
             while child.try_wait().ok().flatten().is_none() {
                 if Instant::now() > deadline {
                     eprintln!("lab: {name} did not stop on SIGTERM; killing it");
-                    let _ = child.kill();
+                    // SAFETY: as above.
+                    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
                     let _ = child.wait();
                     break;
                 }

@@ -26,6 +26,17 @@ const PACKAGES: &[&str] = &[
     "ethtool",
     "bpftool",
     "nftables",
+    // The lab's servers and clients, and Prometheus.
+    "prometheus",
+    "nginx-light",
+    "postfix",
+    "dovecot-imapd",
+    "dovecot-pop3d",
+    "dnsmasq-base",
+    "swaks",
+    "curl",
+    "bind9-dnsutils",
+    "openssl",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Builds the Debian package (`cargo deb`).
@@ -51,8 +62,21 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run the data-plane benchmarks; prints a table and writes target/bench/exfw.json.
+    /// Run the benchmarks; prints tables and writes target/bench/exfw.json.
     Bench,
+    /// Build an Exchange organisation in network namespaces behind a real exfw gateway, with
+    /// real servers, clients and Prometheus; print what each scenario expected and got.
+    Lab {
+        /// The organisation (Exchange 2016 or later with a subscribed Edge).
+        #[arg(long, default_value = "examples/exchange2016-edge.toml")]
+        config: String,
+        /// Keep generating the scenarios' traffic for at least this many seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Leave the lab running until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -65,6 +89,11 @@ fn main() -> Result<()> {
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
         Cmd::Bench => bench(),
+        Cmd::Lab {
+            config,
+            duration,
+            keep,
+        } => lab(&config, duration, keep),
     }
 }
 
@@ -215,6 +244,23 @@ fn test(args: &[String]) -> Result<()> {
         .args(["test", "--locked", "--workspace"])
         .arg("--")
         .args(args))
+}
+
+fn lab(config: &str, duration: u64, keep: bool) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the lab creates network namespaces and loads XDP programs: run `cargo xtask lab` as root"
+        );
+    }
+    run(Command::new("cargo").args(["build", "--quiet", "--locked", "--workspace", "--bins"]))?;
+    let mut lab = Command::new("target/debug/exfw-lab");
+    lab.args(["--config", config, "--duration", &duration.to_string()]);
+    if keep {
+        lab.arg("--keep");
+    }
+    // Become the lab, so Ctrl-C reaches it and it tears everything down before the shell returns.
+    let error = std::os::unix::process::CommandExt::exec(&mut lab);
+    Err(error).context("starting target/debug/exfw-lab")
 }
 
 fn bench() -> Result<()> {

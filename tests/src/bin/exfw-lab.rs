@@ -32,8 +32,11 @@ struct Args {
 /// always torn down by its destructor.
 fn catch_signals() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
-    // SAFETY: plain signal-mask calls on a zeroed sigset.
+    // SAFETY: plain signal-disposition and signal-mask calls on a zeroed sigset.
     unsafe {
+        // An inherited "ignore" would discard the signals before sigwait sees them.
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
