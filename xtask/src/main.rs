@@ -10,6 +10,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+
+mod vm;
 use clap::{Parser, Subcommand};
 
 /// Debian packages the build and the tests need. Debian's rustc ships a prebuilt `core` for
@@ -37,6 +39,10 @@ const PACKAGES: &[&str] = &[
     "curl",
     "bind9-dnsutils",
     "openssl",
+    // The VM kernel matrix.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Builds the Debian package (`cargo deb`).
@@ -64,6 +70,12 @@ enum Cmd {
     },
     /// Run the benchmarks; prints tables and writes target/bench/exfw.json.
     Bench,
+    /// Run the kernel-facing suites in qemu on Debian's 5.10, 6.1 and 6.12 cloud kernels.
+    VmTest {
+        /// 5.10, 6.1, 6.12 or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+    },
     /// Build an Exchange organisation in network namespaces behind a real exfw gateway, with
     /// real servers, clients and Prometheus; print what each scenario expected and got.
     Lab {
@@ -89,6 +101,7 @@ fn main() -> Result<()> {
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
         Cmd::Bench => bench(),
+        Cmd::VmTest { kernel } => vm::vm_test(&kernel),
         Cmd::Lab {
             config,
             duration,
@@ -104,7 +117,8 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+/// Runs a command and fails with its name when it fails.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     let status = cmd
         .status()

@@ -1,0 +1,381 @@
+//! `cargo xtask vm-test`: the kernel-facing suites inside qemu on Debian's cloud kernels.
+//!
+//! Kernels come from Debian's archive through a private apt configuration (the machine's own
+//! sources stay untouched) and are cached under target/vm/. The initramfs holds busybox, `ip`,
+//! the test executables and the shared libraries they link, the kernel's veth module, and an init
+//! that runs the suites and prints a result line the host reads from the serial console.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::run;
+
+/// A kernel of the matrix: the Debian suite that ships it.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    /// "5.10", "6.1", "6.12".
+    pub name: &'static str,
+    /// The Debian suite whose cloud kernel it is.
+    pub suite: &'static str,
+}
+
+/// The matrix.
+pub const KERNELS: [Kernel; 3] = [
+    Kernel {
+        name: "5.10",
+        suite: "bullseye",
+    },
+    Kernel {
+        name: "6.1",
+        suite: "bookworm",
+    },
+    Kernel {
+        name: "6.12",
+        suite: "trixie",
+    },
+];
+
+/// The suites run inside each VM (test executables of the exfw-tests crate).
+const SUITES: [&str; 2] = ["differential", "netns"];
+/// How long one VM may take before it is killed.
+const VM_TIMEOUT: Duration = Duration::from_secs(900);
+const RESULT_MARKER: &str = "EXFW-VM-RESULT";
+
+fn vm_dir() -> PathBuf {
+    PathBuf::from("target/vm")
+}
+
+/// apt options that use a private sources list, lists and cache under target/vm/apt.
+fn apt_options() -> Result<Vec<String>> {
+    let apt = std::fs::canonicalize(vm_dir())?.join("apt");
+    std::fs::create_dir_all(apt.join("lists/partial"))?;
+    std::fs::create_dir_all(apt.join("cache/archives/partial"))?;
+    let sources = apt.join("sources.list");
+    let suites: Vec<String> = KERNELS
+        .iter()
+        .map(|k| format!("deb http://deb.debian.org/debian {} main\n", k.suite))
+        .collect();
+    std::fs::write(&sources, suites.concat())?;
+    Ok(vec![
+        format!("-o=Dir::Etc::SourceList={}", sources.display()),
+        "-o=Dir::Etc::SourceParts=/dev/null".into(),
+        format!("-o=Dir::State::Lists={}", apt.join("lists").display()),
+        format!("-o=Dir::Cache={}", apt.join("cache").display()),
+        "-o=APT::Sandbox::User=root".into(),
+    ])
+}
+
+/// Downloads (once) and unpacks the suite's cloud kernel; returns its unpacked root.
+fn fetch_kernel(kernel: Kernel) -> Result<PathBuf> {
+    let root = vm_dir().join("kernels").join(kernel.name);
+    if root.join("boot").is_dir() {
+        return Ok(root);
+    }
+    std::fs::create_dir_all(vm_dir().join("kernels"))?;
+    let options = apt_options()?;
+    if !vm_dir()
+        .join("apt/lists")
+        .read_dir()?
+        .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().contains("_dists_")))
+    {
+        run(Command::new("apt-get")
+            .args(&options)
+            .args(["update", "-qq"]))?;
+    }
+    let show = Command::new("apt-cache")
+        .args(&options)
+        .args(["show", &format!("linux-image-cloud-amd64/{}", kernel.suite)])
+        .output()?;
+    let text = String::from_utf8_lossy(&show.stdout);
+    let package = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Depends: "))
+        .and_then(|d| d.split([' ', ',']).next())
+        .with_context(|| format!("no cloud kernel found for {}", kernel.suite))?
+        .to_string();
+    let unsigned = format!("{package}-unsigned");
+    let downloads = std::fs::canonicalize(vm_dir().join("kernels"))?;
+    let fetched = Command::new("apt-get")
+        .args(&options)
+        .args(["download", "-qq", &unsigned])
+        .current_dir(&downloads)
+        .status()?;
+    if !fetched.success() {
+        run(Command::new("apt-get")
+            .args(&options)
+            .args(["download", "-qq", &package])
+            .current_dir(&downloads))?;
+    }
+    let deb = std::fs::read_dir(&downloads)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "deb")
+                && p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&package)
+        })
+        .context("the kernel package was not downloaded")?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    Ok(root)
+}
+
+/// Builds the test executables and returns their paths by suite name.
+fn test_executables() -> Result<Vec<(String, PathBuf)>> {
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "test",
+        "--locked",
+        "--no-run",
+        "--message-format=json",
+        "-p",
+        "exfw-tests",
+    ]);
+    for suite in SUITES {
+        cmd.args(["--test", suite]);
+    }
+    let out = cmd.stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("building the test executables failed");
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact" && msg["profile"]["test"] == true {
+            let name = msg["target"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if let Some(exe) = msg["executable"]
+                .as_str()
+                .filter(|_| SUITES.contains(&name.as_str()))
+            {
+                found.push((name, PathBuf::from(exe)));
+            }
+        }
+    }
+    if found.len() != SUITES.len() {
+        bail!("expected test executables for {SUITES:?}, found {found:?}");
+    }
+    Ok(found)
+}
+
+/// The shared libraries (and loader) an executable needs, as ldd resolves them on the host.
+fn libraries(exe: &Path) -> Result<BTreeSet<PathBuf>> {
+    let out = Command::new("ldd").arg(exe).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with('/'))
+                .map(PathBuf::from)
+        })
+        .collect())
+}
+
+fn copy_into(root: &Path, file: &Path) -> Result<()> {
+    let target = root.join(file.strip_prefix("/").unwrap_or(file));
+    std::fs::create_dir_all(target.parent().unwrap())?;
+    std::fs::copy(file, &target).with_context(|| format!("copying {}", file.display()))?;
+    Ok(())
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+# Real binaries (iproute2's ip) before busybox's applets.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mkdir -p /sys/fs/bpf /run/netns
+mount -t bpf bpf /sys/fs/bpf
+for m in /modules/*.ko; do insmod "$m" 2>/dev/null; done
+ip link set lo up
+echo "EXFW-VM kernel $(uname -r)"
+result=pass
+for t in /tests/*; do
+    name=$(basename "$t")
+    echo "EXFW-VM suite $name starting"
+    if "$t" --test-threads=1; then echo "EXFW-VM suite $name passed"; else echo "EXFW-VM suite $name FAILED"; result=fail; fi
+done
+echo "EXFW-VM-RESULT $result"
+poweroff -f
+"#;
+
+/// Builds target/vm/initramfs-KERNEL.cpio.gz for the unpacked kernel at `kernel_root`.
+fn initramfs(
+    kernel: Kernel,
+    kernel_root: &Path,
+    executables: &[(String, PathBuf)],
+) -> Result<PathBuf> {
+    let root = vm_dir().join(format!("initramfs-{}", kernel.name));
+    if root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
+    for dir in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "tests",
+        "modules", "etc",
+    ] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is missing")?;
+    std::fs::write(root.join("init"), INIT)?;
+    run(Command::new("chmod").arg("755").arg(root.join("init")))?;
+    let ip = PathBuf::from("/usr/bin/ip");
+    let ip = if ip.exists() {
+        ip
+    } else {
+        PathBuf::from("/sbin/ip")
+    };
+    let mut needed: BTreeSet<PathBuf> = libraries(&ip)?;
+    copy_into(&root, &ip)?;
+    std::fs::copy(&ip, root.join("sbin/ip"))?;
+    for (name, exe) in executables {
+        std::fs::copy(exe, root.join("tests").join(name))?;
+        needed.extend(libraries(exe)?);
+    }
+    for lib in needed {
+        copy_into(&root, &lib)?;
+    }
+    // The modules the suites need and the kernel may build as modules.
+    for module in ["drivers/net/veth.ko"] {
+        let found = std::fs::read_dir(kernel_root.join("lib/modules"))?
+            .flatten()
+            .map(|e| e.path().join("kernel").join(module))
+            .find(|p| p.exists());
+        if let Some(path) = found {
+            std::fs::copy(&path, root.join("modules").join(path.file_name().unwrap()))?;
+        }
+    }
+    let image = std::fs::canonicalize(vm_dir())?.join(format!("initramfs-{}.cpio.gz", kernel.name));
+    let script = format!(
+        "cd {} && find . | cpio --quiet -o -H newc | gzip -1 > {}",
+        root.display(),
+        image.display()
+    );
+    run(Command::new("sh").args(["-c", &script]))?;
+    Ok(image)
+}
+
+/// Boots the kernel with the initramfs under qemu (TCG) and streams its console; returns
+/// whether the suites passed and how long it took.
+fn boot(kernel: Kernel, kernel_root: &Path, initrd: &Path) -> Result<(bool, Duration)> {
+    let vmlinuz = std::fs::read_dir(kernel_root.join("boot"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz")
+        })
+        .context("no vmlinuz in the kernel package")?;
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+        ])
+        .arg(&vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64 (cargo xtask setup installs it)")?;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let name = kernel.name;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("[{name}] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let mut result = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                if let Some(rest) = line.split(RESULT_MARKER).nth(1) {
+                    result = Some(rest.trim().starts_with("pass"));
+                }
+                if line.contains("Kernel panic") {
+                    eprintln!("vm-test: kernel {name} panicked");
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if started.elapsed() > VM_TIMEOUT {
+            eprintln!("vm-test: kernel {name} timed out after {VM_TIMEOUT:?}");
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok((result == Some(true), started.elapsed()))
+}
+
+/// Runs the suites on the named kernels ("all" for the matrix); fails if any kernel fails.
+pub fn vm_test(which: &str) -> Result<()> {
+    let kernels: Vec<Kernel> = match which {
+        "all" => KERNELS.to_vec(),
+        name => vec![
+            *KERNELS
+                .iter()
+                .find(|k| k.name == name)
+                .with_context(|| format!("unknown kernel {name}: use 5.10, 6.1, 6.12 or all"))?,
+        ],
+    };
+    std::fs::create_dir_all(vm_dir())?;
+    let executables = test_executables()?;
+    let mut summary = Vec::new();
+    for kernel in kernels {
+        let root = fetch_kernel(kernel)?;
+        let initrd = initramfs(kernel, &root, &executables)?;
+        let (passed, took) = boot(kernel, &root, &initrd)?;
+        summary.push((kernel.name, passed, took));
+    }
+    println!("\nkernel  result  boot + tests");
+    for (name, passed, took) in &summary {
+        println!(
+            "{name:<7} {:<7} {:.0} s",
+            if *passed { "pass" } else { "FAIL" },
+            took.as_secs_f64()
+        );
+    }
+    if summary.iter().any(|(_, passed, _)| !passed) {
+        bail!(
+            "vm-test failed on {:?}",
+            summary
+                .iter()
+                .filter(|s| !s.1)
+                .map(|s| s.0)
+                .collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
