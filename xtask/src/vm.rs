@@ -48,6 +48,8 @@ const SUITES: [&str; 2] = ["differential", "netns"];
 /// How long one VM may take before it is killed.
 const VM_TIMEOUT: Duration = Duration::from_secs(900);
 const RESULT_MARKER: &str = "EXFW-VM-RESULT";
+/// Kernel modules the suites need that the cloud kernels build as modules.
+const MODULES: &[&str] = &["drivers/net/veth.ko"];
 
 fn vm_dir() -> PathBuf {
     PathBuf::from("target/vm")
@@ -250,8 +252,7 @@ fn initramfs(
     for lib in needed {
         copy_into(&root, &lib)?;
     }
-    // The modules the suites need and the kernel may build as modules.
-    for module in ["drivers/net/veth.ko"] {
+    for module in MODULES {
         let found = std::fs::read_dir(kernel_root.join("lib/modules"))?
             .flatten()
             .map(|e| e.path().join("kernel").join(module))
