@@ -59,6 +59,9 @@ pub enum DataplaneError {
     /// The object lacks a map or program this daemon expects (a build mismatch).
     #[error("the XDP object has no {0}; rebuild with `cargo xtask build`")]
     Missing(&'static str),
+    /// The kernel lacks something the program needs.
+    #[error("this kernel lacks {0}: exfw needs Linux 5.8 or later (docs/kernels.md lists what each version gets)")]
+    KernelTooOld(&'static str),
     /// Another daemon holds the pinned state.
     #[error("another exfw daemon manages {0} (only one may); stop it first (systemctl stop exfw)")]
     Busy(PathBuf),
@@ -205,6 +208,23 @@ pub fn pinned_links(dir: &Path) -> Vec<(String, AttachedMode)> {
         .collect();
     out.sort();
     out
+}
+
+/// Refuses, naming the feature, on kernels that lack a map type the program uses.
+fn check_kernel() -> Result<(), DataplaneError> {
+    use aya::maps::MapType;
+    for (map, feature) in [
+        (MapType::RingBuf, "the BPF ring buffer (Linux 5.8)"),
+        (MapType::LpmTrie, "LPM-trie maps (Linux 4.11)"),
+        (MapType::LruHash, "LRU hash maps (Linux 4.10)"),
+        (MapType::PerCpuHash, "per-CPU hash maps (Linux 4.6)"),
+    ] {
+        // A probe that cannot run (no privileges) is not a verdict on the kernel.
+        if aya::sys::is_map_supported(map).is_ok_and(|supported| !supported) {
+            return Err(DataplaneError::KernelTooOld(feature));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a daemon holds the pin directory now.
@@ -510,6 +530,7 @@ impl Dataplane {
     }
 
     fn load_with(options: &LoadOptions, pins: Option<Pins>) -> Result<Self, DataplaneError> {
+        check_kernel()?;
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map_names::FLOWS, options.flow_entries)

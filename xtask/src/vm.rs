@@ -43,12 +43,14 @@ pub const KERNELS: [Kernel; 3] = [
     },
 ];
 
-/// The suites run inside each VM (test executables of the exfw-tests crate).
-const SUITES: [&str; 2] = ["differential", "netns"];
+/// The suites run inside each VM (test executables of the exfw-tests crate): BPF_PROG_TEST_RUN
+/// differential, real traffic through namespaces in driver and skb mode, and pin-and-restart.
+const SUITES: [&str; 3] = ["differential", "netns", "pinning"];
 /// How long one VM may take before it is killed.
 const VM_TIMEOUT: Duration = Duration::from_secs(900);
 const RESULT_MARKER: &str = "EXFW-VM-RESULT";
-/// Kernel modules the suites need that the cloud kernels build as modules.
+/// Kernel modules the suites need that the cloud kernels build as modules (paths under
+/// lib/modules/VERSION/kernel, without a compression suffix).
 const MODULES: &[&str] = &["drivers/net/veth.ko"];
 
 fn vm_dir() -> PathBuf {
@@ -253,12 +255,32 @@ fn initramfs(
         copy_into(&root, &lib)?;
     }
     for module in MODULES {
-        let found = std::fs::read_dir(kernel_root.join("lib/modules"))?
+        // Plain, or compressed (newer Debian kernels): busybox insmod wants it plain.
+        // lib/modules, or usr/lib/modules in merged-/usr packages (trixie).
+        let candidates = ["lib/modules", "usr/lib/modules"]
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(kernel_root.join(dir)).ok())
             .flatten()
-            .map(|e| e.path().join("kernel").join(module))
-            .find(|p| p.exists());
-        if let Some(path) = found {
-            std::fs::copy(&path, root.join("modules").join(path.file_name().unwrap()))?;
+            .flatten()
+            .flat_map(|e| ["", ".xz", ".zst"].map(|ext| e.path().join("kernel").join(format!("{module}{ext}"))));
+        let Some(path) = candidates.into_iter().find(|p| p.exists()) else { continue };
+        let plain = root.join("modules").join(Path::new(module).file_name().unwrap());
+        let tool = match path.extension().and_then(|e| e.to_str()) {
+            Some("xz") => Some("xz"),
+            Some("zst") => Some("zstd"),
+            _ => None,
+        };
+        match tool {
+            None => {
+                std::fs::copy(&path, &plain)?;
+            }
+            Some(tool) => {
+                let out = Command::new(tool).args(["-dc"]).arg(&path).output().with_context(|| format!("running {tool}"))?;
+                if !out.status.success() {
+                    bail!("{tool} could not decompress {}", path.display());
+                }
+                std::fs::write(&plain, out.stdout)?;
+            }
         }
     }
     let image = std::fs::canonicalize(vm_dir())?.join(format!("initramfs-{}.cpio.gz", kernel.name));
