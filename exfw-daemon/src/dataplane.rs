@@ -60,7 +60,9 @@ pub enum DataplaneError {
     #[error("the XDP object has no {0}; rebuild with `cargo xtask build`")]
     Missing(&'static str),
     /// The kernel lacks something the program needs.
-    #[error("this kernel lacks {0}: exfw needs Linux 5.8 or later (docs/kernels.md lists what each version gets)")]
+    #[error(
+        "this kernel lacks {0}: exfw needs Linux 5.8 or later (docs/kernels.md lists what each version gets)"
+    )]
     KernelTooOld(&'static str),
     /// Another daemon holds the pinned state.
     #[error("another exfw daemon manages {0} (only one may); stop it first (systemctl stop exfw)")]

@@ -262,9 +262,16 @@ fn initramfs(
             .filter_map(|dir| std::fs::read_dir(kernel_root.join(dir)).ok())
             .flatten()
             .flatten()
-            .flat_map(|e| ["", ".xz", ".zst"].map(|ext| e.path().join("kernel").join(format!("{module}{ext}"))));
-        let Some(path) = candidates.into_iter().find(|p| p.exists()) else { continue };
-        let plain = root.join("modules").join(Path::new(module).file_name().unwrap());
+            .flat_map(|e| {
+                ["", ".xz", ".zst"]
+                    .map(|ext| e.path().join("kernel").join(format!("{module}{ext}")))
+            });
+        let Some(path) = candidates.into_iter().find(|p| p.exists()) else {
+            continue;
+        };
+        let plain = root
+            .join("modules")
+            .join(Path::new(module).file_name().unwrap());
         let tool = match path.extension().and_then(|e| e.to_str()) {
             Some("xz") => Some("xz"),
             Some("zst") => Some("zstd"),
@@ -275,7 +282,11 @@ fn initramfs(
                 std::fs::copy(&path, &plain)?;
             }
             Some(tool) => {
-                let out = Command::new(tool).args(["-dc"]).arg(&path).output().with_context(|| format!("running {tool}"))?;
+                let out = Command::new(tool)
+                    .args(["-dc"])
+                    .arg(&path)
+                    .output()
+                    .with_context(|| format!("running {tool}"))?;
                 if !out.status.success() {
                     bail!("{tool} could not decompress {}", path.display());
                 }
