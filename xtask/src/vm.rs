@@ -401,6 +401,11 @@ pub fn vm_test(which: &str) -> Result<()> {
             took.as_secs_f64()
         );
     }
+    let passed = summary.iter().filter(|s| s.1).count();
+    println!(
+        "vm-test: {passed} passed, {} failed",
+        summary.len() - passed
+    );
     if summary.iter().any(|(_, passed, _)| !passed) {
         bail!(
             "vm-test failed on {:?}",
