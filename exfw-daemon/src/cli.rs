@@ -2,17 +2,17 @@
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use exfw_common::proto;
+use exfw_common::{Reason, Verdict, proto};
 
 use crate::{
     config,
     dataplane::{self, DEFAULT_PIN_DIR, Dataplane},
     policy::{
-        Compiled, Reference, compile,
-        export::{ExplainFormat, nftables, proto_name, render_explain},
-        probe,
+        ANY_INTERFACE, Accepts, Compiled, Policy, Reference, Routes, compile,
+        export::{ExplainFormat, nftables, ports_text, proto_name, render_explain},
+        probe, scenario,
     },
     reload,
 };
@@ -84,29 +84,40 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ExplainFormat::Table)]
         format: ExplainFormat,
     },
-    /// Judge one packet with the reference classifier: the verdict, the reason and the rule.
-    /// Stateless: replies to allowed connections also pass on the gateway.
+    /// Judge one packet, or replay a scenario of frames, with the reference classifier: the
+    /// verdict, the reason and the rule. One packet is judged with empty connection tables (a
+    /// new connection, or a mid-stream packet exfw never saw open).
     #[command(
-        after_help = "Examples:\n  exfw simulate exfw.toml --src 203.0.113.5 --dst 192.0.2.21 --proto tcp --port 443 --syn\n  exfw simulate exfw.toml --src 192.0.2.130 --dst 192.0.2.5 --proto tcp --port 389\n  exfw simulate exfw.toml --src 2001:db8:100::7 --dst 2001:db8:21::21 --proto icmp"
+        after_help = "Examples:\n  exfw simulate exfw.toml --src 203.0.113.5 --dst 192.0.2.21 --proto tcp --port 443 --syn --iface eth0\n  exfw simulate exfw.toml --src 192.0.2.5 --dst 192.0.2.21 --proto tcp --port 445 --syn --iface eth0 --route-via eth1\n  exfw simulate exfw.toml --src 2001:db8:100::7 --dst 2001:db8:21::21 --proto icmp --iface eth1\n  exfw simulate exfw.toml --scenario handshake.txt\n\nScenario files: one frame a line, `TIME IFACE PROTO SRC DST [flags] [key=value ...]`; see docs/security.md."
     )]
     Simulate {
         /// The config file.
         config: PathBuf,
+        /// Replay this scenario file instead of judging one packet.
+        #[arg(long, conflicts_with_all = ["src", "dst", "proto", "port", "syn", "iface", "route_via"])]
+        scenario: Option<PathBuf>,
         /// Source address.
-        #[arg(long)]
-        src: IpAddr,
+        #[arg(long, required_unless_present = "scenario")]
+        src: Option<IpAddr>,
         /// Destination address.
-        #[arg(long)]
-        dst: IpAddr,
+        #[arg(long, required_unless_present = "scenario")]
+        dst: Option<IpAddr>,
         /// Protocol (icmp means ICMPv6 for IPv6 addresses).
-        #[arg(long, value_enum)]
-        proto: SimProto,
+        #[arg(long, value_enum, required_unless_present = "scenario")]
+        proto: Option<SimProto>,
         /// Destination port (tcp, udp) or ICMP type (default: echo request).
         #[arg(long)]
         port: Option<u16>,
         /// Send a TCP SYN (a new connection) rather than a mid-connection segment.
         #[arg(long)]
         syn: bool,
+        /// The interface the packet arrives on (needed when the config names several).
+        #[arg(long)]
+        iface: Option<String>,
+        /// The gateway's route back to --src leaves through this interface (default: the one
+        /// the packet arrived on, so the reverse-path check passes).
+        #[arg(long)]
+        route_via: Option<String>,
     },
     /// Export an equivalent ruleset for hosts without XDP or for side-by-side comparison.
     #[command(
@@ -148,6 +159,230 @@ enum StatusFormat {
 enum ExportFormat {
     /// nftables, loadable with `nft -f`.
     Nft,
+}
+
+/// One packet to simulate.
+struct Packet {
+    src: IpAddr,
+    dst: IpAddr,
+    proto: SimProto,
+    port: Option<u16>,
+    syn: bool,
+}
+
+/// The policy a simulation runs, and the interface a packet arrives on when none is named: the
+/// config's only interface, or (with none) one that accepts every source.
+fn simulation_policy(compiled: &Compiled, iface: Option<String>) -> Result<(Policy, String)> {
+    let policy = &compiled.policy;
+    match (iface, policy.interfaces.as_slice()) {
+        (Some(name), _) if policy.interface(&name).is_some() => Ok((policy.clone(), name)),
+        (Some(name), []) => bail!(
+            "the config names no [[interface]], so `{name}` is unknown; leave --iface out to judge the packet as arriving where its source is accepted"
+        ),
+        (Some(name), list) => bail!(
+            "`{name}` is not an interface of this config; it names {}",
+            list.iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (None, []) => Ok((
+            policy.without_source_validation(),
+            ANY_INTERFACE.to_string(),
+        )),
+        (None, [only]) => Ok((policy.clone(), only.name.clone())),
+        (None, list) => bail!(
+            "the config names several interfaces: say which one the packet arrives on with --iface ({})",
+            list.iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn verdict_text(v: Verdict) -> &'static str {
+    match v {
+        Verdict::WouldDrop => "would drop (audit mode passes it)",
+        other => other.name(),
+    }
+}
+
+fn simulate_one(
+    compiled: &Compiled,
+    packet: Packet,
+    iface: Option<String>,
+    route_via: Option<String>,
+) -> Result<ExitCode> {
+    let Packet {
+        src,
+        dst,
+        proto: p,
+        port,
+        syn,
+    } = packet;
+    if src.is_ipv6() != dst.is_ipv6() {
+        bail!("--src {src} and --dst {dst} are of different address families");
+    }
+    let (policy, iface) = simulation_policy(compiled, iface)?;
+    let number = match (p, src.is_ipv6()) {
+        (SimProto::Tcp, _) => proto::TCP,
+        (SimProto::Udp, _) => proto::UDP,
+        (SimProto::Icmp, false) => proto::ICMP,
+        (SimProto::Icmp, true) => proto::ICMPV6,
+    };
+    let port = match (port, number) {
+        (Some(port), _) => port,
+        (None, proto::ICMP) => 8,
+        (None, proto::ICMPV6) => 128,
+        (None, _) => bail!("--port is required for tcp and udp"),
+    };
+    let mut routes = Routes::assume_ingress();
+    if let Some(via) = &route_via {
+        if policy.interface(via).is_none() && via != &iface {
+            bail!("--route-via {via} is not an interface of this config");
+        }
+        routes.add(ipnet::IpNet::from(src), via);
+    }
+    let frame = probe::frame(src, dst, number, port, syn);
+    let mut reference = Reference::new(policy.clone(), routes);
+    let outcome = reference.classify(&frame, &iface, 0);
+    let p = &policy;
+    println!("verdict:     {}", verdict_text(outcome.verdict));
+    println!("reason:      {}", outcome.reason.name());
+    if let Some(rule) = outcome.rule.and_then(|id| p.rule(id)) {
+        let sources: Vec<&str> = rule.src_classes.iter().map(|c| p.class_name(*c)).collect();
+        println!(
+            "rule:        {} (rule {}): {}/{} from {} to {}",
+            rule.service,
+            rule.id,
+            proto_name(rule.proto),
+            ports_text(rule.proto, rule.ports),
+            sources.join(","),
+            p.class_name(rule.dst_class)
+        );
+        for why in compiled.provenance.get(&rule.id).into_iter().flatten() {
+            println!("why:         {why}");
+        }
+    }
+    if outcome.reason == Reason::Local {
+        match compiled.host_rule(outcome.src_class, outcome.dst_class, number, port) {
+            Some(host) => println!(
+                "host:        the gateway's input chain (exfw export --format nft) accepts it by `{}`",
+                host.rule.service
+            ),
+            None => println!(
+                "host:        the gateway's input chain (exfw export --format nft) drops it: no rule to the gateway allows it"
+            ),
+        }
+    }
+    println!("source:      {src} ({})", p.class_name(outcome.src_class));
+    println!("destination: {dst} ({})", p.class_name(outcome.dst_class));
+    if let Some((_, i)) = p.interface(&iface) {
+        let route = route_via.unwrap_or_else(|| iface.clone());
+        println!(
+            "interface:   {iface} (accepts {}; reverse path {})",
+            accepts_text(p, &i.accepts),
+            if i.reverse_path {
+                format!("strict: the route back to {src} assumed via {route}")
+            } else {
+                "off".to_string()
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn simulate_scenario(compiled: &Compiled, file: &std::path::Path) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the scenario {}", file.display()))?;
+    let steps = scenario::parse(&text).with_context(|| format!("{}", file.display()))?;
+    let policy = if compiled.policy.interfaces.is_empty() {
+        compiled.policy.without_source_validation()
+    } else {
+        compiled.policy.clone()
+    };
+    for step in &steps {
+        if policy.interface(&step.iface).is_none() {
+            bail!(
+                "{}: line {}: `{}` is not an interface of this config ({})",
+                file.display(),
+                step.line,
+                step.iface,
+                policy
+                    .interfaces
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let mut reference = Reference::new(policy.clone(), Routes::assume_ingress());
+    let replayed = scenario::replay(&mut reference, &steps);
+    let rows: Vec<[String; 5]> = replayed
+        .iter()
+        .map(|r| {
+            let rule = r
+                .outcome
+                .rule
+                .and_then(|id| policy.rule(id))
+                .map_or("-".to_string(), |rule| rule.service.clone());
+            [
+                r.step.line.to_string(),
+                r.step.text.clone(),
+                verdict_text(r.outcome.verdict)
+                    .split(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                format!(
+                    "{}{}",
+                    r.outcome.reason.name(),
+                    if r.outcome.confirmed {
+                        " (confirmed)"
+                    } else {
+                        ""
+                    }
+                ),
+                rule,
+            ]
+        })
+        .collect();
+    let header = ["LINE", "FRAME", "VERDICT", "REASON", "RULE"].map(String::from);
+    let mut widths = [0usize; 4];
+    for row in rows.iter().chain(std::iter::once(&header)) {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        println!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The group names an interface accepts, for people.
+fn accepts_text(policy: &Policy, accepts: &Accepts) -> String {
+    match accepts {
+        Accepts::Any => "every group".into(),
+        Accepts::Classes(set) => set
+            .iter()
+            .map(|c| policy.class_name(*c))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 /// Loads and compiles a config; errors are printed by the caller.
@@ -301,6 +536,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             let compiled = compile(&cfg)?;
+            for w in &cfg.warnings {
+                eprintln!("warning: {w}");
+            }
             println!("{}: valid", path.display());
             let mode = match cfg.mode {
                 crate::policy::Mode::Enforce => "enforce",
@@ -342,19 +580,28 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 p.rules.len(),
                 trusted.join(", ")
             );
-            let ifaces: Vec<String> = cfg
-                .interfaces
-                .iter()
-                .map(|i| format!("{} ({:?})", i.name, i.mode))
-                .collect();
-            println!(
-                "  interfaces: {}",
-                if ifaces.is_empty() {
-                    "none".into()
-                } else {
-                    ifaces.join(", ")
-                }
-            );
+            if cfg.interfaces.is_empty() {
+                println!("  interfaces: none");
+            }
+            for (i, (slot, iface)) in cfg.interfaces.iter().zip(p.interfaces.iter().enumerate()) {
+                println!(
+                    "  interface {} (xdp {:?}, slot {slot}): reverse path {}, accepts sources from {}",
+                    i.name,
+                    i.mode,
+                    if iface.reverse_path { "strict" } else { "off" },
+                    accepts_text(p, &iface.accepts)
+                );
+            }
+            if !cfg.protected_networks.is_empty() {
+                println!(
+                    "  protected networks: {}",
+                    cfg.protected_networks
+                        .iter()
+                        .map(|n| format!("{} ({} prefixes)", n.name, n.addresses.len()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain {
@@ -366,62 +613,32 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Simulate {
             config: path,
+            scenario,
             src,
             dst,
             proto: p,
             port,
             syn,
+            iface,
+            route_via,
         } => {
-            if src.is_ipv6() != dst.is_ipv6() {
-                bail!("--src {src} and --dst {dst} are of different address families");
-            }
             let compiled = load(&path)?;
-            let number = match (p, src.is_ipv6()) {
-                (SimProto::Tcp, _) => proto::TCP,
-                (SimProto::Udp, _) => proto::UDP,
-                (SimProto::Icmp, false) => proto::ICMP,
-                (SimProto::Icmp, true) => proto::ICMPV6,
-            };
-            let port = match (port, number) {
-                (Some(port), _) => port,
-                (None, proto::ICMP) => 8,
-                (None, proto::ICMPV6) => 128,
-                (None, _) => bail!("--port is required for tcp and udp"),
-            };
-            let frame = probe::frame(src, dst, number, port, syn);
-            let mut reference = Reference::new(compiled.policy.clone());
-            let outcome = reference.classify(&frame, 0);
-            let p = &compiled.policy;
-            let verdict = match outcome.verdict {
-                exfw_common::Verdict::Pass => "pass",
-                exfw_common::Verdict::Drop => "drop",
-                exfw_common::Verdict::WouldDrop => "would drop (audit mode passes it)",
-            };
-            println!("verdict:     {verdict}");
-            println!("reason:      {}", outcome.reason.name());
-            if let Some(rule) = outcome.rule.and_then(|id| p.rule(id)) {
-                let sources: Vec<&str> =
-                    rule.src_classes.iter().map(|c| p.class_name(*c)).collect();
-                println!(
-                    "rule:        {} (rule {}): {}/{} from {} to {}",
-                    rule.service,
-                    rule.id,
-                    proto_name(rule.proto),
-                    if rule.ports.first == rule.ports.last {
-                        rule.ports.first.to_string()
-                    } else {
-                        format!("{}-{}", rule.ports.first, rule.ports.last)
+            match (scenario, src, dst, p) {
+                (Some(file), ..) => simulate_scenario(&compiled, &file),
+                (None, Some(src), Some(dst), Some(p)) => simulate_one(
+                    &compiled,
+                    Packet {
+                        src,
+                        dst,
+                        proto: p,
+                        port,
+                        syn,
                     },
-                    sources.join(","),
-                    p.class_name(rule.dst_class)
-                );
-                for why in compiled.provenance.get(&rule.id).into_iter().flatten() {
-                    println!("why:         {why}");
-                }
+                    iface,
+                    route_via,
+                ),
+                _ => bail!("give --src, --dst and --proto, or --scenario FILE"),
             }
-            println!("source:      {src} ({})", p.class_name(outcome.src_class));
-            println!("destination: {dst} ({})", p.class_name(outcome.dst_class));
-            Ok(ExitCode::SUCCESS)
         }
         Command::Export {
             config: path,

@@ -23,6 +23,9 @@ pub const CONFIG_VERSION: i64 = 1;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/exfw/exfw.toml";
 const CLIENT_NETWORK: &str = "client network";
 
+/// The longest lifetime a `[limits]` key may give, in seconds.
+const MAX_LIFETIME_SECONDS: i64 = 7 * 24 * 3600;
+
 /// The default metrics address.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9720";
 
@@ -116,6 +119,8 @@ struct RawConfig {
     dns_servers: Vec<RawHost>,
     #[serde(default, rename = "um_gateway")]
     um_gateways: Vec<RawHost>,
+    #[serde(default, rename = "protected_network")]
+    protected_networks: Vec<RawHost>,
     #[serde(default)]
     clients: RawClients,
     #[serde(default, rename = "allow")]
@@ -215,16 +220,22 @@ struct RawInterface {
     name: Spanned<String>,
     #[serde(default)]
     xdp_mode: Option<Spanned<String>>,
+    accepts: Option<Spanned<Vec<Spanned<String>>>>,
+    reverse_path: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     flow_entries: Option<Spanned<i64>>,
+    pending_entries: Option<Spanned<i64>>,
     tcp_idle_seconds: Option<Spanned<i64>>,
     udp_idle_seconds: Option<Spanned<i64>>,
     other_idle_seconds: Option<Spanned<i64>>,
     fragment_seconds: Option<Spanned<i64>>,
+    pending_seconds: Option<Spanned<i64>>,
+    tcp_fin_seconds: Option<Spanned<i64>>,
+    tcp_rst_seconds: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -329,13 +340,19 @@ pub struct Interface {
     pub name: String,
     /// XDP attach mode.
     pub mode: AttachMode,
+    /// The groups whose addresses may arrive here as sources (`None`: every group).
+    pub accepts: Option<Vec<Role>>,
+    /// Strict reverse-path check through the routing table (default on).
+    pub reverse_path: bool,
 }
 
 /// Table sizes and lifetimes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Flow-table entries.
+    /// Confirmed-connection table entries.
     pub flow_entries: u32,
+    /// Unconfirmed-connection table entries.
+    pub pending_entries: u32,
     /// TCP flow idle lifetime, seconds.
     pub tcp_idle_seconds: u64,
     /// UDP flow idle lifetime, seconds.
@@ -344,16 +361,26 @@ pub struct Limits {
     pub other_idle_seconds: u64,
     /// Fragment verdict lifetime, seconds.
     pub fragment_seconds: u64,
+    /// Lifetime of a connection that has not completed its handshake, seconds.
+    pub pending_seconds: u64,
+    /// Lifetime of a TCP connection after a FIN, seconds.
+    pub tcp_fin_seconds: u64,
+    /// Lifetime of a TCP connection after a RST, seconds.
+    pub tcp_rst_seconds: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             flow_entries: exfw_common::limits::DEFAULT_FLOW_ENTRIES,
+            pending_entries: exfw_common::limits::DEFAULT_PENDING_ENTRIES,
             tcp_idle_seconds: 3600,
             udp_idle_seconds: 60,
             other_idle_seconds: 60,
             fragment_seconds: 10,
+            pending_seconds: 10,
+            tcp_fin_seconds: 120,
+            tcp_rst_seconds: 10,
         }
     }
 }
@@ -375,6 +402,8 @@ pub struct Config {
     pub dns_servers: Vec<Host>,
     /// UM IP gateways and IP-PBXs.
     pub um_gateways: Vec<Host>,
+    /// Networks the servers live in: unclaimed addresses there are protected.
+    pub protected_networks: Vec<Host>,
     /// Internal client networks.
     pub client_networks: Vec<IpNet>,
     /// Extra allow entries.
@@ -387,6 +416,8 @@ pub struct Config {
     pub limits: Limits,
     /// Metrics listen address.
     pub metrics_listen: SocketAddr,
+    /// What `exfw check` and `exfw run` warn about: valid, but probably not what was meant.
+    pub warnings: Vec<ConfigError>,
 }
 
 // ---- Validation ----------------------------------------------------------------------------
@@ -395,17 +426,28 @@ struct Checker<'a> {
     file: &'a str,
     text: &'a str,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
-    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+    fn located(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         let (line, column) = line_column(self.text, span.start);
-        self.errors.push(ConfigError {
+        ConfigError {
             file: self.file.to_string(),
             line,
             column,
             message: message.into(),
-        });
+        }
+    }
+
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let e = self.located(span, message);
+        self.errors.push(e);
+    }
+
+    fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let w = self.located(span, message);
+        self.warnings.push(w);
     }
 
     fn prefix(&mut self, value: &Spanned<String>, what: &str) -> Option<IpNet> {
@@ -440,11 +482,28 @@ impl Checker<'_> {
     fn seconds(&mut self, value: &Option<Spanned<i64>>, default: u64, what: &str) -> u64 {
         match value {
             None => default,
-            Some(v) if *v.get_ref() > 0 => *v.get_ref() as u64,
+            Some(v) if (1..=MAX_LIFETIME_SECONDS).contains(v.get_ref()) => *v.get_ref() as u64,
             Some(v) => {
                 self.error(
                     v.span(),
-                    format!("{what} must be a positive number of seconds"),
+                    format!(
+                        "{what} = {} is out of range: use 1 to {MAX_LIFETIME_SECONDS} seconds (7 days)",
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn entries(&mut self, value: &Option<Spanned<i64>>, default: u32, what: &str) -> u32 {
+        match value {
+            None => default,
+            Some(v) if (1024..=16_777_216).contains(v.get_ref()) => *v.get_ref() as u32,
+            Some(v) => {
+                self.error(
+                    v.span(),
+                    format!("{what} must be between 1024 and 16777216"),
                 );
                 default
             }
@@ -497,10 +556,13 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         file,
         text,
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
-    let config = validate(&mut c, raw);
+    let mut config = validate(&mut c, raw);
     c.errors.sort_by_key(|e| (e.line, e.column));
     if c.errors.is_empty() {
+        c.warnings.sort_by_key(|e| (e.line, e.column));
+        config.warnings = c.warnings;
         Ok(config)
     } else {
         Err(ConfigErrors(c.errors))
@@ -679,37 +741,52 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
             }
         }
     }
+    let protected_networks: Vec<Host> = raw
+        .protected_networks
+        .iter()
+        .map(|n| {
+            let mut scratch = Vec::new();
+            let addresses = host_addresses(c, &n.name, &n.addresses, "protected network", &mut scratch, true);
+            for (net, owner, _, span) in scratch {
+                for (range, what, _) in &unprotected {
+                    if range.contains(&net) || net.contains(range) {
+                        c.error(span.clone(), format!("{owner} {net} overlaps the {what} {range}: a protected network cannot hold client or source ranges; fix one of them"));
+                    }
+                }
+            }
+            Host {
+                name: n.name.get_ref().clone(),
+                addresses,
+            }
+        })
+        .collect();
+    report_overlapping_networks(c, &raw.protected_networks);
     let interfaces = raw
         .interfaces
         .iter()
-        .map(|i| {
-            let name = i.name.get_ref().clone();
-            if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) {
-                c.error(i.name.span(), format!("`{name}` is not a Linux interface name (1 to 15 characters, no spaces or /)"));
-            }
-            let mode = match i.xdp_mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
-                None | Some(("auto", _)) => AttachMode::Auto,
-                Some(("driver", _)) => AttachMode::Driver,
-                Some(("skb", _)) => AttachMode::Skb,
-                Some((other, span)) => {
-                    c.error(span, format!("xdp_mode `{other}` is unknown: use \"auto\", \"driver\" or \"skb\""));
-                    AttachMode::Auto
-                }
-            };
-            Interface { name, mode }
-        })
-        .collect();
+        .map(|i| validate_interface(c, i))
+        .collect::<Vec<_>>();
+    check_source_validation(
+        c,
+        &raw,
+        &interfaces,
+        &servers,
+        &domain_controllers,
+        &lync_servers,
+        &protected_networks,
+    );
     let defaults = Limits::default();
-    let flow_entries = match &raw.limits.flow_entries {
-        None => defaults.flow_entries,
-        Some(v) if (1024..=16_777_216).contains(v.get_ref()) => *v.get_ref() as u32,
-        Some(v) => {
-            c.error(v.span(), "flow_entries must be between 1024 and 16777216");
-            defaults.flow_entries
-        }
-    };
     let limits = Limits {
-        flow_entries,
+        flow_entries: c.entries(
+            &raw.limits.flow_entries,
+            defaults.flow_entries,
+            "flow_entries",
+        ),
+        pending_entries: c.entries(
+            &raw.limits.pending_entries,
+            defaults.pending_entries,
+            "pending_entries",
+        ),
         tcp_idle_seconds: c.seconds(
             &raw.limits.tcp_idle_seconds,
             defaults.tcp_idle_seconds,
@@ -729,6 +806,21 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
             &raw.limits.fragment_seconds,
             defaults.fragment_seconds,
             "fragment_seconds",
+        ),
+        pending_seconds: c.seconds(
+            &raw.limits.pending_seconds,
+            defaults.pending_seconds,
+            "pending_seconds",
+        ),
+        tcp_fin_seconds: c.seconds(
+            &raw.limits.tcp_fin_seconds,
+            defaults.tcp_fin_seconds,
+            "tcp_fin_seconds",
+        ),
+        tcp_rst_seconds: c.seconds(
+            &raw.limits.tcp_rst_seconds,
+            defaults.tcp_rst_seconds,
+            "tcp_rst_seconds",
         ),
     };
     let metrics_listen = match &raw.metrics.listen {
@@ -752,12 +844,168 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
         lync_servers,
         dns_servers,
         um_gateways,
+        protected_networks,
         client_networks,
         allows,
         management,
         interfaces,
         limits,
         metrics_listen,
+        warnings: Vec::new(),
+    }
+}
+
+/// The name, attach mode, accepted groups and reverse-path mode of one `[[interface]]`.
+fn validate_interface(c: &mut Checker, i: &RawInterface) -> Interface {
+    let name = i.name.get_ref().clone();
+    if name.is_empty()
+        || name.len() > 15
+        || name.contains('/')
+        || name.contains(char::is_whitespace)
+    {
+        c.error(
+            i.name.span(),
+            format!("`{name}` is not a Linux interface name (1 to 15 characters, no spaces or /)"),
+        );
+    }
+    let mode = match i
+        .xdp_mode
+        .as_ref()
+        .map(|m| (m.get_ref().as_str(), m.span()))
+    {
+        None | Some(("auto", _)) => AttachMode::Auto,
+        Some(("driver", _)) => AttachMode::Driver,
+        Some(("skb", _)) => AttachMode::Skb,
+        Some((other, span)) => {
+            c.error(
+                span,
+                format!("xdp_mode `{other}` is unknown: use \"auto\", \"driver\" or \"skb\""),
+            );
+            AttachMode::Auto
+        }
+    };
+    let reverse_path = match i
+        .reverse_path
+        .as_ref()
+        .map(|m| (m.get_ref().as_str(), m.span()))
+    {
+        None | Some(("strict", _)) => true,
+        Some(("off", _)) => false,
+        Some((other, span)) => {
+            c.error(span, format!("reverse_path `{other}` is unknown: use \"strict\" (the route back to a source must leave through this interface) or \"off\""));
+            true
+        }
+    };
+    let accepts = i.accepts.as_ref().map(|list| {
+        if list.get_ref().is_empty() {
+            c.error(list.span(), format!("interface `{name}`: accepts is empty, so every packet arriving there would drop; list the groups that live behind it (for example [\"external\"] or [\"mailbox\", \"dc\"]), or remove the key to accept every group"));
+        }
+        let mut roles = Vec::new();
+        for entry in list.get_ref() {
+            match Role::endpoint_role(entry.get_ref()) {
+                Some(Role::Gateway) => c.error(entry.span(), format!("interface `{name}`: the gateway's own addresses never arrive as sources from outside; remove \"gateway\"")),
+                Some(role) if !roles.contains(&role) => roles.push(role),
+                Some(_) => {}
+                None => c.error(entry.span(), format!(
+                    "interface `{name}`: `{}` is not a group; groups are {}",
+                    entry.get_ref(),
+                    Role::ENDPOINT_ROLES.iter().filter(|r| **r != Role::Gateway).map(|r| r.name()).collect::<Vec<_>>().join(", ")
+                )),
+            }
+        }
+        roles
+    });
+    Interface {
+        name,
+        mode,
+        accepts,
+        reverse_path,
+    }
+}
+
+/// Every protected group must be accepted as a source somewhere, and something must validate
+/// sources at all when trusted groups exist.
+#[allow(clippy::too_many_arguments)]
+fn check_source_validation(
+    c: &mut Checker,
+    raw: &RawConfig,
+    interfaces: &[Interface],
+    servers: &[Server],
+    domain_controllers: &[Host],
+    lync_servers: &[Host],
+    protected_networks: &[Host],
+) {
+    if interfaces.is_empty() {
+        return;
+    }
+    let accepted = |roles: &[Role]| {
+        interfaces.iter().any(|i| match &i.accepts {
+            None => true,
+            Some(list) => roles.iter().any(|r| list.contains(r)),
+        })
+    };
+    let anchor = raw.interfaces[0]
+        .accepts
+        .as_ref()
+        .map_or(raw.interfaces[0].name.span(), |a| a.span());
+    let mut missing: Vec<String> = Vec::new();
+    for s in servers {
+        let roles: Vec<Role> = s.roles.iter().copied().collect();
+        if !accepted(&roles) {
+            missing.push(format!(
+                "server `{}` ({})",
+                s.name,
+                roles
+                    .iter()
+                    .map(|r| r.name())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ));
+        }
+    }
+    for (list, role) in [
+        (domain_controllers, Role::Dc),
+        (lync_servers, Role::Lync),
+        (protected_networks, Role::ProtectedNetwork),
+    ] {
+        if !list.is_empty() && !accepted(&[role]) {
+            missing.push(format!("every {} (\"{}\")", role.name(), role.name()));
+        }
+    }
+    if !missing.is_empty() {
+        c.error(anchor.clone(), format!(
+            "no interface accepts {} as a source, so every packet from there would drop as spoofed: add the group to the accepts list of the interface it sits behind",
+            missing.join(", ")
+        ));
+    }
+    let trusted = servers.iter().any(|s| s.roles.iter().any(|r| r.trusted()))
+        || !domain_controllers.is_empty()
+        || !lync_servers.is_empty();
+    if trusted && interfaces.iter().all(|i| i.accepts.is_none()) {
+        if interfaces.iter().all(|i| !i.reverse_path) {
+            c.error(anchor, "nothing validates sources: no interface lists the groups it accepts and reverse_path is \"off\" everywhere, so anyone can send as a domain controller or an Exchange server and pass as trusted; add accepts = [...] to each interface or turn reverse_path back to \"strict\"");
+        } else {
+            c.warn(anchor, "sources are validated by the routing table alone (reverse_path): list the groups each interface accepts (accepts = [...]) so that a spoofed Exchange server or domain controller address is refused where routing cannot tell (one interface, or both sides routed alike)");
+        }
+    }
+}
+
+/// Reports protected networks that overlap each other.
+fn report_overlapping_networks(c: &mut Checker, raw: &[RawHost]) {
+    let mut seen: Vec<(IpNet, String)> = Vec::new();
+    for n in raw {
+        for a in n.addresses.as_ref().map_or(&[][..], |a| a.get_ref()) {
+            let Some(net) = parse_prefix(a.get_ref()) else {
+                continue;
+            };
+            if let Some((other, owner)) = seen
+                .iter()
+                .find(|(o, _)| o.contains(&net) || net.contains(o))
+            {
+                c.error(a.span(), format!("protected network `{}` {net} overlaps {other} of protected network `{owner}`", n.name.get_ref()));
+            }
+            seen.push((net, n.name.get_ref().clone()));
+        }
     }
 }
 

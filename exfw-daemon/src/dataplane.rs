@@ -19,10 +19,11 @@ use aya::{
     },
 };
 use exfw_common::{
-    CLASS_PROTECTED, CLASS_TRUSTED, ClassKeyV4, ClassKeyV6, ClassValue, Counter, DropEvent,
-    DropKey, FlowKey, FlowValue, GENERATION_BITS, MODE_AUDIT, MODE_ENFORCE, PortKey,
-    RULE_KEY_FIXED_BITS, Reason, RuleKey, RuleStats, RuleValue, Verdict, config, event_stat,
-    limits, map_names, program_names, reason_index,
+    CLASS_EXTERNAL, CLASS_LOCAL, CLASS_PROTECTED, CLASS_TRUSTED, ClassKeyV4, ClassKeyV6,
+    ClassValue, Counter, DropEvent, DropKey, FlowKey, FlowValue, GENERATION_BITS,
+    IFACE_ACCEPTS_EXTERNAL, IFACE_REVERSE_PATH, IfaceKey, IfaceValue, MODE_AUDIT, MODE_ENFORCE,
+    PortKey, RULE_KEY_FIXED_BITS, Reason, RuleKey, RuleStats, RuleValue, SpoofKey, Verdict, config,
+    event_stat, limits, map_names, program_names, reason_index,
 };
 use ipnet::IpNet;
 use tracing::{info, warn};
@@ -79,6 +80,9 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    /// An interface the policy names does not exist in this network namespace.
+    #[error("interface `{0}` does not exist on this host")]
+    NoSuchInterface(String),
     /// The kernel attached through netlink, which cannot be pinned.
     #[error(
         "the kernel attached {0} without a BPF link (Linux 5.9+ needed), so enforcement could not outlive the daemon"
@@ -107,8 +111,10 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/exfw";
 /// Sizes and pinning chosen at load time.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Flow-table capacity (a pinned table keeps the size it was created with).
+    /// Confirmed-connection table capacity (a pinned table keeps the size it was created with).
     pub flow_entries: u32,
+    /// Unconfirmed-connection table capacity.
+    pub pending_entries: u32,
     /// Fragment-cache capacity.
     pub frag_entries: u32,
     /// Pin maps and links here so enforcement outlives the process; `None` for tests and tools.
@@ -119,6 +125,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             flow_entries: limits::DEFAULT_FLOW_ENTRIES,
+            pending_entries: limits::DEFAULT_PENDING_ENTRIES,
             frag_entries: limits::DEFAULT_FRAG_ENTRIES,
             pin_dir: None,
         }
@@ -320,7 +327,9 @@ pub fn policy_hash(policy: &Policy) -> u64 {
         // SAFETY: Pod types are plain bytes.
         unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
     }
-    let entries = encode(policy, 0);
+    // Interfaces by slot and name, not by ifindex: the same config hashes the same anywhere.
+    let slots: Vec<u32> = (0..policy.interfaces.len() as u32).collect();
+    let entries = encode(policy, 0, &slots);
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |data: &[u8]| {
         for b in data {
@@ -342,8 +351,16 @@ pub fn policy_hash(policy: &Policy) -> u64 {
         eat(bytes(&k.data()));
         eat(bytes(v));
     }
+    for ((k, v), iface) in entries.ifaces.iter().zip(&policy.interfaces) {
+        eat(bytes(k));
+        eat(bytes(v));
+        eat(iface.name.as_bytes());
+        eat(&[0]);
+    }
     let t = &policy.timeouts;
-    for d in [t.tcp, t.udp, t.other, t.fragment] {
+    for d in [
+        t.tcp, t.udp, t.other, t.fragment, t.pending, t.tcp_fin, t.tcp_rst,
+    ] {
         eat(&d.as_nanos().to_le_bytes());
     }
     eat(&[policy.mode as u8]);
@@ -361,8 +378,12 @@ pub struct EventStats {
     pub lost: u64,
     /// Drops not counted per port because the drop table was full.
     pub drop_stats_full: u64,
-    /// Flow entries that could not be written.
+    /// Confirmed connections that could not be written.
     pub flow_insert_failed: u64,
+    /// Unconfirmed connections that could not be written.
+    pub pending_insert_failed: u64,
+    /// Spoofed-source drops not counted per interface because the table was full.
+    pub spoof_stats_full: u64,
 }
 
 /// The map entries that encode one policy generation.
@@ -376,21 +397,53 @@ pub struct MapEntries {
     pub rules: Vec<(Key<RuleKey>, RuleValue)>,
     /// The (protocol, port) pairs rules name.
     pub ports: Vec<PortKey>,
+    /// The interfaces, in the policy's order.
+    pub ifaces: Vec<(IfaceKey, IfaceValue)>,
 }
 
-/// Encodes `policy` as map entries under `generation`.
+/// Encodes `policy` as map entries under `generation`; `ifindexes[i]` is the index of
+/// `policy.interfaces[i]`, whose slot (bit in the classes' ingress masks) is `i`.
 ///
 /// Rules that overlap on the same (destination, source, protocol) are split so the entries are
 /// disjoint and each port maps to the narrowest matching rule (lowest id on a tie): the same
 /// choice as [`Policy::matching_rule`].
-pub fn encode(policy: &Policy, generation: u32) -> MapEntries {
+pub fn encode(policy: &Policy, generation: u32, ifindexes: &[u32]) -> MapEntries {
     let gen_bytes = generation.to_be_bytes();
     let mut out = MapEntries::default();
+    for (slot, (iface, ifindex)) in policy.interfaces.iter().zip(ifindexes).enumerate() {
+        let mut flags = 0;
+        if iface.reverse_path {
+            flags |= IFACE_REVERSE_PATH;
+        }
+        if iface.accepts.accepts(CLASS_EXTERNAL) {
+            flags |= IFACE_ACCEPTS_EXTERNAL;
+        }
+        out.ifaces.push((
+            IfaceKey {
+                generation,
+                ifindex: *ifindex,
+            },
+            IfaceValue {
+                slot: slot as u8,
+                flags,
+                pad: [0; 2],
+            },
+        ));
+    }
     for class in &policy.classes {
+        let ingress = policy
+            .interfaces
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.accepts.accepts(class.id))
+            .fold(0u64, |mask, (slot, _)| mask | (1 << slot));
         let value = ClassValue {
             class: class.id,
             flags: if class.protected { CLASS_PROTECTED } else { 0 }
-                | if class.trusted { CLASS_TRUSTED } else { 0 },
+                | if class.trusted { CLASS_TRUSTED } else { 0 }
+                | if class.local { CLASS_LOCAL } else { 0 },
+            pad: 0,
+            ingress,
         };
         for prefix in &class.prefixes {
             match prefix.trunc() {
@@ -536,6 +589,7 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map_names::FLOWS, options.flow_entries)
+            .map_max_entries(map_names::PENDING, options.pending_entries)
             .map_max_entries(map_names::FRAGS, options.frag_entries);
         let map_paths: Vec<(&str, PathBuf)> = match &pins {
             Some(p) => map_names::ALL
@@ -633,6 +687,29 @@ impl Dataplane {
             .map_or(0, |flows| flows.keys().count() as u64)
     }
 
+    /// The confirmed connections (walks the table: for tests and tools, not the hot path).
+    pub fn confirmed_flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(map_names::FLOWS)
+            .ok_or(DataplaneError::Missing("flow table"))?;
+        let flows = aya::maps::HashMap::<_, FlowKey, FlowValue>::try_from(map)
+            .map_err(map_err("flow table"))?;
+        flows
+            .iter()
+            .map(|item| item.map_err(map_err("reading the flow table")))
+            .collect()
+    }
+
+    /// Entries in the unconfirmed-connection table (walks the table).
+    pub fn pending_entries(&self) -> u64 {
+        let Some(map) = self.ebpf.map(map_names::PENDING) else {
+            return 0;
+        };
+        aya::maps::HashMap::<_, FlowKey, FlowValue>::try_from(map)
+            .map_or(0, |pending| pending.keys().count() as u64)
+    }
+
     /// Interfaces this data plane's pin directory holds links for.
     pub fn pinned_links(&self) -> Vec<(String, AttachedMode)> {
         self.pins
@@ -719,8 +796,15 @@ impl Dataplane {
     /// the running generation stays in force and the partial new one is removed.
     pub fn apply(&mut self, policy: &Policy) -> Result<u32, DataplaneError> {
         policy.validate()?;
+        let ifindexes = policy
+            .interfaces
+            .iter()
+            .map(|i| {
+                ifindex_of(&i.name).ok_or_else(|| DataplaneError::NoSuchInterface(i.name.clone()))
+            })
+            .collect::<Result<Vec<u32>, _>>()?;
         let next = self.generation.wrapping_add(1).max(1);
-        let entries = encode(policy, next);
+        let entries = encode(policy, next, &ifindexes);
         if let Err(e) = self.write_entries(&entries) {
             let _ = self.remove_generations(|g| g == next);
             return Err(e);
@@ -737,6 +821,9 @@ impl Dataplane {
             (config::UDP_TIMEOUT_NS, t.udp.as_nanos() as u64),
             (config::OTHER_TIMEOUT_NS, t.other.as_nanos() as u64),
             (config::FRAG_TIMEOUT_NS, t.fragment.as_nanos() as u64),
+            (config::PENDING_TIMEOUT_NS, t.pending.as_nanos() as u64),
+            (config::TCP_FIN_TIMEOUT_NS, t.tcp_fin.as_nanos() as u64),
+            (config::TCP_RST_TIMEOUT_NS, t.tcp_rst.as_nanos() as u64),
             (config::MODE, mode),
             (config::POLICY_HASH, policy_hash(policy)),
             (
@@ -787,6 +874,12 @@ impl Dataplane {
                 .insert(key, 1, 0)
                 .map_err(map_err("writing the policy ports (is the table full?)"))?;
         }
+        let mut ifaces = self.hash_map::<IfaceKey, IfaceValue>(map_names::IFACES)?;
+        for (key, value) in &entries.ifaces {
+            ifaces
+                .insert(key, value, 0)
+                .map_err(map_err("writing the interfaces (is the table full?)"))?;
+        }
         Ok(())
     }
 
@@ -833,6 +926,13 @@ impl Dataplane {
             ports
                 .remove(&key)
                 .map_err(map_err("removing an old policy port"))?;
+        }
+        let mut ifaces = self.hash_map::<IfaceKey, IfaceValue>(map_names::IFACES)?;
+        let keys: Vec<IfaceKey> = ifaces.keys().filter_map(Result::ok).collect();
+        for key in keys.into_iter().filter(|k| doomed(k.generation)) {
+            ifaces
+                .remove(&key)
+                .map_err(map_err("removing an old interface entry"))?;
         }
         Ok(())
     }
@@ -922,6 +1022,22 @@ impl Dataplane {
         Ok(attached)
     }
 
+    /// Attaches the empty program to `iface` in driver mode, unpinned, for as long as this data
+    /// plane lives: it registers the interface's XDP receive queue, which a test run naming
+    /// the interface as its ingress needs, without judging any real traffic.
+    pub fn attach_empty(&mut self, iface: &str) -> Result<(), DataplaneError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(program_names::PASS)
+            .ok_or(DataplaneError::Missing("XDP program"))?
+            .try_into()
+            .map_err(prog_err("the empty program"))?;
+        program
+            .attach(iface, XdpMode::Driver)
+            .map_err(prog_err(format!("attaching the empty program to {iface}")))?;
+        Ok(())
+    }
+
     /// Detaches `iface` by removing its pinned link (no effect on unpinned attachments).
     pub fn detach(&mut self, iface: &str) -> Result<bool, DataplaneError> {
         match self.pins.as_ref().and_then(|p| p.link_for(iface)) {
@@ -935,12 +1051,27 @@ impl Dataplane {
         }
     }
 
-    /// Runs a program once per `repeat` on `frame` through BPF_PROG_TEST_RUN.
+    /// Runs a program once per `repeat` on `frame` through BPF_PROG_TEST_RUN, as if it arrived
+    /// on the loopback interface (what the kernel assumes without a context).
     pub fn test_run(
         &self,
         program: &str,
         frame: &[u8],
         repeat: u32,
+    ) -> Result<TestRunResult, DataplaneError> {
+        self.test_run_on(program, frame, repeat, None)
+    }
+
+    /// Runs a program on `frame` as if it arrived on interface `ingress` (an ifindex in the
+    /// calling thread's network namespace; `None`: loopback). The kernel accepts an ingress
+    /// interface from Linux 5.15 on, and only one whose XDP receive queue is registered (an XDP
+    /// program is attached to it).
+    pub fn test_run_on(
+        &self,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+        ingress: Option<u32>,
     ) -> Result<TestRunResult, DataplaneError> {
         let prog: &Xdp = self
             .ebpf
@@ -948,8 +1079,17 @@ impl Dataplane {
             .ok_or(DataplaneError::Missing("XDP program"))?
             .try_into()
             .map_err(prog_err(format!("program {program}")))?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let ctx: Option<[u8; 24]> = ingress.map(|ifindex| {
+            let mut md = [0u8; 24];
+            md[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+            md[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+            md
+        });
         prog.test_run(TestRunOptions {
             data_in: Some(frame),
+            ctx_in: ctx.as_ref().map(|c| c.as_slice()),
             repeat,
             ..Default::default()
         })
@@ -1013,6 +1153,30 @@ impl Dataplane {
         }
     }
 
+    /// One spoofed-source counter summed over CPUs (zero when absent).
+    pub fn spoofed_counter(
+        &self,
+        ifindex: u32,
+        verdict: Verdict,
+    ) -> Result<Counter, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(map_names::SPOOFED)
+            .ok_or(DataplaneError::Missing("spoofed-source counters"))?;
+        let spoofed = PerCpuHashMap::<_, SpoofKey, Counter>::try_from(map)
+            .map_err(map_err("spoofed-source counters"))?;
+        let key = SpoofKey {
+            ifindex,
+            verdict: verdict as u8,
+            pad: [0; 3],
+        };
+        match spoofed.get(&key, 0) {
+            Ok(values) => Ok(sum_counters(values.iter())),
+            Err(MapError::KeyNotFound) => Ok(Counter::default()),
+            Err(e) => Err(map_err("reading a spoofed-source counter")(e)),
+        }
+    }
+
     /// Every per-packet counter: reasons, the given rules, and per-port drops.
     pub fn counters(
         &self,
@@ -1038,6 +1202,27 @@ impl Dataplane {
             let (key, values) = item.map_err(map_err("reading drop counters"))?;
             out.drops.insert(key, sum_counters(values.iter()));
         }
+        let map = self
+            .ebpf
+            .map(map_names::SPOOFED)
+            .ok_or(DataplaneError::Missing("spoofed-source counters"))?;
+        let spoofed = PerCpuHashMap::<_, SpoofKey, Counter>::try_from(map)
+            .map_err(map_err("spoofed-source counters"))?;
+        for item in spoofed.iter() {
+            let (key, values) = item.map_err(map_err("reading spoofed-source counters"))?;
+            let verdict = if key.verdict == Verdict::WouldDrop as u8 {
+                Verdict::WouldDrop
+            } else {
+                Verdict::Drop
+            };
+            let counter = out
+                .spoofed
+                .entry((interface_name(key.ifindex), verdict))
+                .or_default();
+            let sum = sum_counters(values.iter());
+            counter.packets += sum.packets;
+            counter.bytes += sum.bytes;
+        }
         out.drop_stats_full = self.event_stats()?.drop_stats_full;
         Ok(out)
     }
@@ -1058,6 +1243,8 @@ impl Dataplane {
             lost: read(event_stat::LOST)?,
             drop_stats_full: read(event_stat::DROP_STATS_FULL)?,
             flow_insert_failed: read(event_stat::FLOW_INSERT_FAILED)?,
+            pending_insert_failed: read(event_stat::PENDING_INSERT_FAILED)?,
+            spoof_stats_full: read(event_stat::SPOOF_STATS_FULL)?,
         })
     }
 
@@ -1071,6 +1258,30 @@ impl Dataplane {
             }
         }
         out
+    }
+}
+
+/// The index of interface `name` in the calling thread's network namespace.
+pub fn ifindex_of(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// The name of interface `index` in the calling thread's network namespace (the number when it
+/// is gone).
+pub fn interface_name(index: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        index.to_string()
+    } else {
+        // SAFETY: if_indextoname wrote a NUL-terminated name.
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
     }
 }
 

@@ -235,6 +235,32 @@ impl Collector for ExfwCollector {
                 )
             }),
         )?;
+        // Every attached interface has its series from the start, zero or not.
+        let mut spoofed: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        for (iface, _) in shared
+            .interfaces
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            for v in [exfw_common::Verdict::Drop, exfw_common::Verdict::WouldDrop] {
+                spoofed.insert((iface.clone(), v.name()), 0);
+            }
+        }
+        for ((iface, verdict), c) in &counters.spoofed {
+            *spoofed.entry((iface.clone(), verdict.name())).or_default() += c.packets;
+        }
+        family(
+            &mut encoder,
+            "exfw_spoofed_packets",
+            "Packets dropped because their source could not have arrived on that interface (the interface does not accept the source's group, or the route back leaves elsewhere).",
+            spoofed.into_iter().map(|((iface, verdict), n)| {
+                (
+                    vec![("iface", iface), ("verdict", verdict.to_string())],
+                    counter(n),
+                )
+            }),
+        )?;
         let none: Labels = Vec::new();
         family(
             &mut encoder,
@@ -263,8 +289,14 @@ impl Collector for ExfwCollector {
         family(
             &mut encoder,
             "exfw_flow_insert_failures",
-            "Flow entries the kernel could not write.",
+            "Confirmed connections the kernel could not write.",
             [(none.clone(), counter(events.flow_insert_failed))],
+        )?;
+        family(
+            &mut encoder,
+            "exfw_pending_insert_failures",
+            "Unconfirmed connections the kernel could not write.",
+            [(none.clone(), counter(events.pending_insert_failed))],
         )?;
         let flows = shared
             .flow_entries
@@ -272,7 +304,7 @@ impl Collector for ExfwCollector {
         family(
             &mut encoder,
             "exfw_flow_table_entries",
-            "Entries in the flow table (counted every 15 s).",
+            "Confirmed connections in the flow table (counted every 15 s).",
             [(none.clone(), gauge(flows))],
         )?;
         family(
@@ -391,7 +423,7 @@ pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
 ///
 /// Per rule 3 series; per (verdict, reason) 2; per (destination class, protocol, port label,
 /// verdict) one, where port labels are the policy's single ports plus "other" and protocols are
-/// tcp, udp, icmp, icmpv6, other; plus fixed gauges and one per interface.
+/// tcp, udp, icmp, icmpv6, other; plus fixed gauges and three per interface.
 pub fn series_bound(compiled: &Compiled, interfaces: usize) -> usize {
     let p = &compiled.policy;
     let single_ports = p.named_ports();
@@ -399,6 +431,6 @@ pub fn series_bound(compiled: &Compiled, interfaces: usize) -> usize {
     3 * p.rules.len()
         + 2 * exfw_common::Reason::ALL.len() * 2
         + classes * 2 * (single_ports.len() + 5)
-        + 20
-        + interfaces
+        + 22
+        + 3 * interfaces
 }

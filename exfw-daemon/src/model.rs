@@ -38,6 +38,8 @@ pub enum Role {
     Management,
     /// The gateway's own addresses.
     Gateway,
+    /// Networks the servers live in: addresses no host claims there are protected too.
+    ProtectedNetwork,
     /// Everything unlisted: the Internet, partner forests.
     External,
 }
@@ -46,7 +48,7 @@ impl Role {
     /// Roles a `[[server]]` can hold.
     pub const SERVER_ROLES: [Role; 5] = [Role::Cas, Role::Mailbox, Role::Hub, Role::Um, Role::Edge];
     /// Roles an `[[allow]]` entry can name.
-    pub const ENDPOINT_ROLES: [Role; 13] = [
+    pub const ENDPOINT_ROLES: [Role; 14] = [
         Role::Cas,
         Role::Mailbox,
         Role::Hub,
@@ -59,6 +61,7 @@ impl Role {
         Role::UmGateway,
         Role::Management,
         Role::Gateway,
+        Role::ProtectedNetwork,
         Role::External,
     ];
 
@@ -77,6 +80,7 @@ impl Role {
             Role::UmGateway => "um-gateway",
             Role::Management => "management",
             Role::Gateway => "gateway",
+            Role::ProtectedNetwork => "protected-network",
             Role::External => "external",
         }
     }
@@ -121,7 +125,12 @@ impl Role {
 
     /// Protected roles: traffic to or from them is subject to the policy.
     pub fn protected(self) -> bool {
-        self.trusted() || self == Role::Edge
+        self.trusted() || matches!(self, Role::Edge | Role::ProtectedNetwork)
+    }
+
+    /// The gateway's own addresses: traffic to them is the host firewall's to judge.
+    pub fn local(self) -> bool {
+        self == Role::Gateway
     }
 }
 

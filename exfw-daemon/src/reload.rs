@@ -63,6 +63,9 @@ fn load_config(path: &Path) -> Result<(Config, Compiled)> {
         }
         anyhow!("{} has {} error(s)", path.display(), errors.0.len())
     })?;
+    for w in &config.warnings {
+        warn!("{w}");
+    }
     let compiled = compile(&config).with_context(|| format!("compiling {}", path.display()))?;
     Ok((config, compiled))
 }

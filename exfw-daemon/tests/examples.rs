@@ -1,14 +1,15 @@
 //! Each shipped example against a table of (source, destination, protocol, port) -> verdict
 //! cases taken from the seeds' tables, negatives included. `pass:NAME` expects a pass by the rule
 //! of service NAME; `pass:trusted` / `pass:transit` expect that reason; `deny` expects a drop
-//! (a would-drop in audit mode).
+//! (a would-drop in audit mode); `host:NAME` and `host:deny` expect traffic to the gateway
+//! itself, passed by XDP to the host, whose input chain allows it by rule NAME or drops it.
 
 use std::path::Path;
 
 use exfw_common::{Reason, Verdict, proto};
 use exfw_daemon::{
     config,
-    policy::{Mode, Reference, compile, probe},
+    policy::{Mode, compile, probe},
 };
 
 type Case = (&'static str, &'static str, &'static str, u16, &'static str);
@@ -35,15 +36,19 @@ fn run(example: &str, cases: &[Case]) {
             ("icmp", true) => proto::ICMPV6,
             other => panic!("bad protocol {other:?}"),
         };
-        // A fresh classifier per case: every case is a new connection, not a reply.
-        let outcome = Reference::new(policy.clone())
-            .classify(&probe::frame(src, dst, number, *port, true), 0);
+        // Every case is a new connection arriving where its source belongs.
+        let outcome = policy.judge_first(&probe::frame(src, dst, number, *port, true));
         let service = outcome
             .rule
             .and_then(|id| policy.rule(id))
             .map(|r| r.service.as_str());
+        let host = compiled
+            .host_rule(outcome.src_class, outcome.dst_class, number, *port)
+            .map(|h| h.rule.service.as_str());
         let ok = match *expect {
             "deny" => outcome.verdict == deny && outcome.reason == Reason::Policy,
+            "host:deny" => outcome.reason == Reason::Local && host.is_none(),
+            e if e.starts_with("host:") => outcome.reason == Reason::Local && host == Some(&e[5..]),
             "pass:trusted" => outcome.verdict == Verdict::Pass && outcome.reason == Reason::Trusted,
             "pass:transit" => outcome.verdict == Verdict::Pass && outcome.reason == Reason::Transit,
             e => outcome.verdict == Verdict::Pass && Some(&e[5..]) == service,
@@ -105,7 +110,7 @@ fn exchange2013_without_edge() {
             (mbx1, dc, "icmp", 8, "pass:trusted"),
             (client, cas1, "icmp", 8, "pass:icmp-echo"),
             (mgmt, cas1, "icmp", 8, "pass:icmp-echo"),
-            (mgmt, "192.0.2.1", "tcp", 22, "pass:management"),
+            (mgmt, "192.0.2.1", "tcp", 22, "host:management"),
             (mgmt, cas1, "tcp", 443, "pass:https"),
             (EXT, "203.0.113.10", "tcp", 3389, "pass:transit"),
             (client, EXT, "tcp", 443, "pass:transit"),
@@ -127,7 +132,7 @@ fn exchange2013_without_edge() {
             (EXT, cas1, "icmp", 8, "deny"),
             (EXT, cas1, "udp", 53, "deny"),
             (mbx1, dns, "udp", 123, "deny"),
-            (cas1, "192.0.2.1", "tcp", 22, "deny"),
+            (cas1, "192.0.2.1", "tcp", 22, "host:deny"),
         ],
     );
 }
@@ -172,7 +177,7 @@ fn exchange2016_with_subscribed_edge() {
             (ext_v6, mbx1_v6, "tcp", 443, "pass:https"),
             (mbx1_v6, dc_v6, "tcp", 3268, "pass:trusted"),
             (lob, mbx1, "tcp", 2525, "pass:lob-relay"),
-            (mgmt, "192.0.2.1", "tcp", 22, "pass:management"),
+            (mgmt, "192.0.2.1", "tcp", 22, "host:management"),
             (client, mbx1, "icmp", 8, "pass:icmp-echo"),
             (client, edge, "icmp", 8, "pass:icmp-echo"),
             (EXT, mbx1, "tcp", 25, "deny"),
@@ -306,8 +311,8 @@ fn exchange2019_with_imap4_and_ipv6() {
             (dc1, mbx1, "udp", 53, "pass:trusted"),
             (client_6, mbx1_6, "icmp", 128, "pass:icmpv6-echo"),
             (client, mbx1, "icmp", 8, "pass:icmp-echo"),
-            (mgmt_6, gw_6, "tcp", 22, "pass:management"),
-            (mgmt_6, gw_6, "tcp", 9720, "pass:management"),
+            (mgmt_6, gw_6, "tcp", 22, "host:management"),
+            (mgmt_6, gw_6, "tcp", 9720, "host:management"),
             (mgmt_6, mbx1_6, "icmp", 128, "pass:icmpv6-echo"),
             (mgmt_6, mbx1_6, "tcp", 443, "pass:https"),
             (client, EXT, "tcp", 443, "pass:transit"),
@@ -326,7 +331,7 @@ fn exchange2019_with_imap4_and_ipv6() {
             (EXT, mbx2, "tcp", 50636, "deny"),
             (client_6, mbx1_6, "tcp", 445, "deny"),
             (mbx1, dns, "udp", 123, "deny"),
-            (mbx1_6, gw_6, "tcp", 22, "deny"),
+            (mbx1_6, gw_6, "tcp", 22, "host:deny"),
             (ext_6, mbx2_6, "udp", 53, "deny"),
         ],
     );

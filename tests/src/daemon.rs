@@ -173,10 +173,12 @@ addresses = ["192.0.2.2"]
 [[interface]]
 name = "out0"
 xdp_mode = "driver"
+accepts = ["external"]
 
 [[interface]]
 name = "in0"
 xdp_mode = "driver"
+accepts = ["mailbox"]
 
 [metrics]
 listen = "127.0.0.1:9720"

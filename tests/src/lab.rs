@@ -29,7 +29,7 @@ use std::{
 use exfw_common::{Verdict, proto};
 use exfw_daemon::{
     config,
-    policy::{Compiled, Reference, compile, probe},
+    policy::{Compiled, Reference, Routes, compile, probe},
 };
 use socket2::{Domain, Socket, Type};
 
@@ -111,6 +111,18 @@ pub struct Lab {
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
+}
+
+/// The gateway link an address of the lab sits behind.
+fn home_link(addr: &str) -> &'static str {
+    match addr {
+        MAILBOX | MAILBOX_V6 => "mbx0",
+        EDGE => "edge0",
+        DC => "dc0",
+        DNS => "dns0",
+        a if a.starts_with("198.51.100.") => "clients0",
+        _ => "inet0",
+    }
 }
 
 impl Lab {
@@ -637,10 +649,22 @@ impl Lab {
         Ok(())
     }
 
-    /// What `exfw simulate` says of a new connection's first packet.
+    /// What `exfw simulate` says of a new connection's first packet, arriving on the link its
+    /// source sits behind.
     fn expect(&self, src: &str, dst: &str, p: u8, port: u16) -> &'static str {
-        let out = Reference::new(self.compiled.policy.clone())
-            .classify(&probe::frame(ip(src), ip(dst), p, port, true), 0);
+        self.expect_on(home_link(src), src, dst, p, port)
+    }
+
+    /// What `exfw simulate` says of a first packet arriving on `iface` (the gateway's route back
+    /// to the source leaves through the source's own link).
+    fn expect_on(&self, iface: &str, src: &str, dst: &str, p: u8, port: u16) -> &'static str {
+        let mut routes = Routes::assume_ingress();
+        routes.add(ipnet::IpNet::from(ip(src)), home_link(src));
+        let out = Reference::new(self.compiled.policy.clone(), routes).classify(
+            &probe::frame(ip(src), ip(dst), p, port, true),
+            iface,
+            0,
+        );
         if out.verdict == Verdict::Drop {
             "drop"
         } else {
@@ -1138,15 +1162,33 @@ impl Drop for Lab {
 /// The organisation's config with the lab's interfaces and metrics address.
 fn lab_config(text: &str) -> anyhow::Result<String> {
     let mut value: toml::Table = text.parse()?;
-    let interfaces: Vec<toml::Value> = ["inet0", "clients0", "mbx0", "edge0", "dc0", "dns0"]
-        .iter()
-        .map(|name| {
-            let mut t = toml::Table::new();
-            t.insert("name".into(), toml::Value::String((*name).into()));
-            t.insert("xdp_mode".into(), toml::Value::String("driver".into()));
-            toml::Value::Table(t)
-        })
-        .collect();
+    // Each link accepts the sources that live behind it (Lync has no link here: the domain
+    // controller's takes it, so the group is accepted somewhere, as `exfw check` requires).
+    let interfaces: Vec<toml::Value> = [
+        ("inet0", &["external"][..]),
+        ("clients0", &["clients", "management"]),
+        ("mbx0", &["mailbox"]),
+        ("edge0", &["edge"]),
+        ("dc0", &["dc", "lync"]),
+        ("dns0", &["dns"]),
+    ]
+    .iter()
+    .map(|(name, accepts)| {
+        let mut t = toml::Table::new();
+        t.insert("name".into(), toml::Value::String((*name).into()));
+        t.insert("xdp_mode".into(), toml::Value::String("driver".into()));
+        t.insert(
+            "accepts".into(),
+            toml::Value::Array(
+                accepts
+                    .iter()
+                    .map(|a| toml::Value::String((*a).into()))
+                    .collect(),
+            ),
+        );
+        toml::Value::Table(t)
+    })
+    .collect();
     value.insert("interface".into(), toml::Value::Array(interfaces));
     let mut metrics = toml::Table::new();
     metrics.insert("listen".into(), toml::Value::String(EXFW_METRICS.into()));

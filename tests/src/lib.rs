@@ -2,6 +2,7 @@
 //! and traffic, network namespaces.
 
 pub mod daemon;
+pub mod differential;
 pub mod generate;
 pub mod lab;
 pub mod netns;

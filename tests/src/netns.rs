@@ -145,7 +145,8 @@ pub fn remove_stale() {
 
 /// Three namespaces: `outside` -- `gateway` (forwarding) -- `inside`, joined by veth pairs
 /// (`out0`/`eth0` and `in0`/`eth0`). The gateway takes the first host address of every subnet
-/// the other two use; outside routes the inside subnets through it, inside routes everything.
+/// the other two use and routes everything else out of `out0`; outside routes the inside
+/// subnets through it, inside routes everything.
 pub struct Topology {
     /// The Internet side.
     pub outside: Namespace,
@@ -269,6 +270,9 @@ impl Topology {
             "net.ipv4.ip_forward=1",
             "net.ipv6.conf.all.forwarding=1",
         ]);
+        // Everything else (the Internet) is reached through the outside link.
+        gateway.ip(&["-4", "route", "add", "default", "dev", "out0"]);
+        gateway.ip(&["-6", "route", "add", "default", "dev", "out0"]);
         Topology {
             outside,
             gateway,

@@ -6,12 +6,15 @@ use std::net::IpAddr;
 /// A transport header.
 #[derive(Clone, Debug)]
 pub enum L4 {
-    /// TCP with flags (0x02 SYN, 0x10 ACK) and a data offset in words (5 = no options).
+    /// TCP with flags (0x02 SYN, 0x10 ACK), a data offset in words (5 = no options), and
+    /// sequence and acknowledgement numbers.
     Tcp {
         sport: u16,
         dport: u16,
         flags: u8,
         data_offset: u8,
+        seq: u32,
+        ack: u32,
     },
     /// UDP; `length` overrides the computed length field.
     Udp {
@@ -19,13 +22,31 @@ pub enum L4 {
         dport: u16,
         length: Option<u16>,
     },
-    /// ICMP or ICMPv6 (chosen by the IP family).
-    Icmp { kind: u8, code: u8, id: u16 },
+    /// ICMP or ICMPv6 (chosen by the IP family); `inner` follows the 8-byte header (an error's
+    /// embedded packet).
+    Icmp {
+        kind: u8,
+        code: u8,
+        id: u16,
+        inner: Vec<u8>,
+    },
     /// Any other protocol number, no header.
     Other { proto: u8 },
 }
 
 impl L4 {
+    /// A TCP header with these flags and numbers, no options.
+    pub fn tcp(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> L4 {
+        L4::Tcp {
+            sport,
+            dport,
+            flags,
+            data_offset: 5,
+            seq,
+            ack,
+        }
+    }
+
     /// The IP protocol number, given the family.
     pub fn proto(&self, v6: bool) -> u8 {
         match self {
@@ -42,19 +63,22 @@ impl L4 {
         }
     }
 
-    /// The same transport header for the reply direction.
+    /// The same transport header for the reply direction (TCP: a SYN-ACK acknowledging `seq`).
     pub fn reversed(&self) -> L4 {
         match self.clone() {
             L4::Tcp {
                 sport,
                 dport,
                 data_offset,
+                seq,
                 ..
             } => L4::Tcp {
                 sport: dport,
                 dport: sport,
                 flags: 0x12,
                 data_offset,
+                seq: seq.wrapping_add(0x4000_0000),
+                ack: seq.wrapping_add(1),
             },
             L4::Udp {
                 sport,
@@ -65,7 +89,7 @@ impl L4 {
                 dport: sport,
                 length,
             },
-            L4::Icmp { kind, code, id } => {
+            L4::Icmp { kind, code, id, .. } => {
                 let reply = match kind {
                     8 => 0,
                     128 => 129,
@@ -75,6 +99,7 @@ impl L4 {
                     kind: reply,
                     code,
                     id,
+                    inner: Vec::new(),
                 }
             }
             other => other,
@@ -87,8 +112,8 @@ impl L4 {
 pub enum Ext {
     /// Hop-by-hop options (next header 0), `len` units of 8 bytes beyond the first 8.
     HopByHop { len: u8 },
-    /// Routing header (43).
-    Routing { len: u8 },
+    /// Routing header (43) of a routing type.
+    Routing { len: u8, kind: u8 },
     /// Destination options (60).
     DestOpts { len: u8 },
 }
@@ -113,8 +138,10 @@ pub struct Spec {
     pub src: IpAddr,
     /// Destination address.
     pub dst: IpAddr,
-    /// IPv4 option words (IHL = 5 + this).
-    pub ipv4_option_words: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
+    /// IPv4 option bytes (padded with end-of-list to a multiple of 4; IHL follows).
+    pub ipv4_options: Vec<u8>,
     /// IPv6 extension headers before the fragment header and transport.
     pub exts: Vec<Ext>,
     /// Fragment header (IPv6) or fields (IPv4).
@@ -126,6 +153,21 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// A plain frame from `src` to `dst`: no VLAN, options or extension headers, TTL 64.
+    pub fn new(src: IpAddr, dst: IpAddr, l4: L4) -> Spec {
+        Spec {
+            vlans: vec![],
+            src,
+            dst,
+            hop_limit: 64,
+            ipv4_options: vec![],
+            exts: vec![],
+            fragment: None,
+            l4,
+            payload: 0,
+        }
+    }
+
     /// The frame a reply to this one would be.
     pub fn reply(&self) -> Spec {
         Spec {
@@ -147,6 +189,13 @@ pub struct Frame {
     pub boundaries: Vec<usize>,
     /// Offset of the IP header.
     pub l3: usize,
+}
+
+impl Frame {
+    /// The IP packet without its Ethernet header and VLAN tags.
+    pub fn ip(&self) -> &[u8] {
+        &self.bytes[self.l3..]
+    }
 }
 
 fn push16(b: &mut Vec<u8>, v: u16) {
@@ -171,9 +220,13 @@ pub fn build(spec: &Spec) -> Frame {
     let proto = spec.l4.proto(v6);
     match (spec.src, spec.dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            let header_len = 20 + 4 * usize::from(spec.ipv4_option_words);
+            let mut options = spec.ipv4_options.clone();
+            while !options.len().is_multiple_of(4) {
+                options.push(0);
+            }
+            let header_len = 20 + options.len();
             let total = (header_len + l4.len()) as u16;
-            b.push(0x40 | (5 + spec.ipv4_option_words));
+            b.push(0x40 | (header_len / 4) as u8);
             b.push(0);
             push16(&mut b, total);
             let (id, flags) = match spec.fragment {
@@ -185,10 +238,10 @@ pub fn build(spec: &Spec) -> Frame {
             };
             push16(&mut b, id);
             push16(&mut b, flags);
-            b.extend_from_slice(&[64, proto, 0, 0]);
+            b.extend_from_slice(&[spec.hop_limit, proto, 0, 0]);
             b.extend_from_slice(&src.octets());
             b.extend_from_slice(&dst.octets());
-            b.extend(std::iter::repeat_n(1u8, header_len - 20));
+            b.extend_from_slice(&options);
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
             let mut exts = Vec::new();
@@ -208,12 +261,18 @@ pub fn build(spec: &Spec) -> Frame {
             let mut ext_starts = Vec::new();
             for (i, e) in spec.exts.iter().enumerate() {
                 let len = match e {
-                    Ext::HopByHop { len } | Ext::Routing { len } | Ext::DestOpts { len } => *len,
+                    Ext::HopByHop { len } | Ext::Routing { len, .. } | Ext::DestOpts { len } => {
+                        *len
+                    }
                 };
                 ext_starts.push(exts.len());
                 exts.push(next_of[i + 1]);
                 exts.push(len);
-                exts.extend(std::iter::repeat_n(0u8, 6 + 8 * usize::from(len)));
+                let mut body = vec![0u8; 6 + 8 * usize::from(len)];
+                if let Ext::Routing { kind, .. } = e {
+                    body[0] = *kind;
+                }
+                exts.extend(body);
             }
             if let Some(f) = spec.fragment {
                 ext_starts.push(exts.len());
@@ -225,7 +284,7 @@ pub fn build(spec: &Spec) -> Frame {
             b.extend_from_slice(&[0x60, 0, 0, 0]);
             push16(&mut b, (exts.len() + l4.len()) as u16);
             b.push(next_of[0]);
-            b.push(64);
+            b.push(spec.hop_limit);
             b.extend_from_slice(&src.octets());
             b.extend_from_slice(&dst.octets());
             let base = b.len();
@@ -253,20 +312,23 @@ pub fn build(spec: &Spec) -> Frame {
 fn transport(l4: &L4, payload: usize, later: bool) -> Vec<u8> {
     let mut b = Vec::new();
     if !later {
-        match *l4 {
+        match l4 {
             L4::Tcp {
                 sport,
                 dport,
                 flags,
                 data_offset,
+                seq,
+                ack,
             } => {
-                push16(&mut b, sport);
-                push16(&mut b, dport);
-                b.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
+                push16(&mut b, *sport);
+                push16(&mut b, *dport);
+                b.extend_from_slice(&seq.to_be_bytes());
+                b.extend_from_slice(&ack.to_be_bytes());
                 b.push(data_offset << 4);
-                b.push(flags);
+                b.push(*flags);
                 b.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
-                let options = (usize::from(data_offset) * 4).saturating_sub(20);
+                let options = (usize::from(*data_offset) * 4).saturating_sub(20);
                 b.extend(std::iter::repeat_n(1u8, options));
             }
             L4::Udp {
@@ -274,15 +336,21 @@ fn transport(l4: &L4, payload: usize, later: bool) -> Vec<u8> {
                 dport,
                 length,
             } => {
-                push16(&mut b, sport);
-                push16(&mut b, dport);
+                push16(&mut b, *sport);
+                push16(&mut b, *dport);
                 push16(&mut b, length.unwrap_or((8 + payload) as u16));
                 push16(&mut b, 0);
             }
-            L4::Icmp { kind, code, id } => {
-                b.extend_from_slice(&[kind, code, 0, 0]);
-                push16(&mut b, id);
+            L4::Icmp {
+                kind,
+                code,
+                id,
+                inner,
+            } => {
+                b.extend_from_slice(&[*kind, *code, 0, 0]);
+                push16(&mut b, *id);
                 push16(&mut b, 1);
+                b.extend_from_slice(inner);
             }
             L4::Other { .. } => {}
         }

@@ -26,7 +26,7 @@ use std::{
 use exfw_common::{DropKey, Reason, Verdict, proto};
 use exfw_daemon::{
     dataplane::{AttachMode, AttachedMode, Dataplane, LoadOptions},
-    policy::{Class, Policy, PortRange, Rule},
+    policy::{Accepts, Class, Interface, Policy, PortRange, Rule},
 };
 use exfw_tests::{
     netns::{Namespace, Topology, remove_stale},
@@ -48,6 +48,7 @@ fn policy() -> Policy {
                 protected: true,
                 trusted: true,
                 prefixes: nets(&["192.0.2.2/32", "2001:db8:2::2/128"]),
+                ..Default::default()
             },
             Class {
                 id: 2,
@@ -55,6 +56,7 @@ fn policy() -> Policy {
                 protected: true,
                 trusted: true,
                 prefixes: nets(&["203.0.113.10/32"]),
+                ..Default::default()
             },
             Class {
                 id: 3,
@@ -62,6 +64,7 @@ fn policy() -> Policy {
                 protected: false,
                 trusted: false,
                 prefixes: nets(&["203.0.113.53/32"]),
+                ..Default::default()
             },
         ],
         rules: vec![
@@ -80,6 +83,18 @@ fn policy() -> Policy {
                 src_classes: BTreeSet::from([CAS]),
                 proto: proto::UDP,
                 ports: PortRange::single(53),
+            },
+        ],
+        interfaces: vec![
+            Interface {
+                name: "out0".into(),
+                reverse_path: true,
+                accepts: Accepts::Classes(BTreeSet::from([0, 2, 3])),
+            },
+            Interface {
+                name: "in0".into(),
+                reverse_path: true,
+                accepts: Accepts::Classes(BTreeSet::from([CAS])),
             },
         ],
         ..Default::default()
@@ -106,8 +121,8 @@ impl Lab {
             &["192.0.2.2/24", "2001:db8:2::2/64"],
         );
         let mut dataplane = Dataplane::load(LoadOptions::default()).expect("load the XDP program");
-        dataplane.apply(&policy()).expect("apply the policy");
         let attached = net.gateway.run(|| {
+            dataplane.apply(&policy()).expect("apply the policy");
             let a = dataplane.attach("out0", mode).expect("attach to out0");
             let b = dataplane.attach("in0", mode).expect("attach to in0");
             assert_eq!(a, b);
@@ -323,12 +338,12 @@ fn check_real_traffic(mode: AttachMode, expected_mode: AttachedMode) {
         (vec![(0x88a8, 200), (0x8100, 100)], 200),
     ] {
         lab.dataplane.drain_events();
-        let https = lab.dataplane.rule_counter(1).unwrap().new_connections;
+        let https = lab.dataplane.rule_counter(1).unwrap().packets;
         let rdp = lab.drops(3389, proto::TCP);
         lab.inject(&tagged_syn(&tags, 443));
         lab.inject(&tagged_syn(&tags, 3389));
         lab.wait_for("the tagged SYN to pass by rule", |lab| {
-            lab.dataplane.rule_counter(1).unwrap().new_connections > https
+            lab.dataplane.rule_counter(1).unwrap().packets > https
         });
         lab.wait_for("the tagged SYN to 3389 to drop", |lab| {
             lab.drops(3389, proto::TCP) > rdp
@@ -345,22 +360,13 @@ fn check_real_traffic(mode: AttachMode, expected_mode: AttachedMode) {
 
 /// A TCP SYN from 198.51.100.2 to the Client Access server behind VLAN `tags`.
 fn tagged_syn(tags: &[(u16, u16)], dport: u16) -> Vec<u8> {
-    let mut frame = build(&Spec {
-        vlans: tags.to_vec(),
-        src: "198.51.100.2".parse().unwrap(),
-        dst: "192.0.2.2".parse().unwrap(),
-        ipv4_option_words: 0,
-        exts: vec![],
-        fragment: None,
-        l4: L4::Tcp {
-            sport: 45000,
-            dport,
-            flags: 0x02,
-            data_offset: 5,
-        },
-        payload: 0,
-    })
-    .bytes;
+    let mut spec = Spec::new(
+        "198.51.100.2".parse().unwrap(),
+        "192.0.2.2".parse().unwrap(),
+        L4::tcp(45000, dport, 0x02, 1, 0),
+    );
+    spec.vlans = tags.to_vec();
+    let mut frame = build(&spec).bytes;
     frame[..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
     frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
     frame

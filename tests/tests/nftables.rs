@@ -13,7 +13,7 @@ use exfw_common::{Verdict, proto};
 use exfw_daemon::{
     config,
     dataplane::{AttachMode, Dataplane, LoadOptions},
-    policy::{Reference, compile, export::nftables, probe},
+    policy::{Reference, Routes, compile, export::nftables, probe},
 };
 use exfw_tests::{netns::Topology, require_root};
 use socket2::{Domain, Socket, Type};
@@ -69,7 +69,28 @@ fn mismatches(net: &Topology, cases: &[Case], outbound: &[(IpAddr, IpAddr, u16)]
 fn nftables_export_and_xdp_match_simulate_on_real_connections() {
     require_root();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/exchange2016-edge.toml");
-    let compiled = compile(&config::load(&path).unwrap()).unwrap();
+    // The example's organisation on this gateway's two links: the Internet, the clients and the
+    // administrators outside, the servers inside.
+    let mut text: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    let interface = |name: &str, accepts: &[&str]| {
+        let mut t = toml::Table::new();
+        t.insert("name".into(), name.into());
+        t.insert(
+            "accepts".into(),
+            toml::Value::Array(accepts.iter().map(|a| (*a).into()).collect()),
+        );
+        toml::Value::Table(t)
+    };
+    text.insert(
+        "interface".into(),
+        toml::Value::Array(vec![
+            interface("out0", &["external", "clients", "management"]),
+            interface("in0", &["mailbox", "edge", "dc", "lync", "dns"]),
+        ]),
+    );
+    let config = config::parse(&toml::to_string(&text).unwrap(), "exchange2016-edge.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let compiled = compile(&config).unwrap();
     let policy = compiled.policy.clone();
     let net = Topology::new(
         &[
@@ -102,9 +123,13 @@ fn nftables_export_and_xdp_match_simulate_on_real_connections() {
             .collect()
     });
 
+    let inside = |a: IpAddr| {
+        a.to_string().starts_with("192.0.2.") || a.to_string().starts_with("2001:db8:21:")
+    };
     let simulate = |src: IpAddr, dst: IpAddr, port: u16| {
-        Reference::new(policy.clone())
-            .classify(&probe::frame(src, dst, proto::TCP, port, true), 0)
+        let iface = if inside(src) { "in0" } else { "out0" };
+        Reference::new(policy.clone(), Routes::assume_ingress())
+            .classify(&probe::frame(src, dst, proto::TCP, port, true), iface, 0)
             .verdict
             == Verdict::Pass
     };
@@ -171,13 +196,41 @@ fn nftables_export_and_xdp_match_simulate_on_real_connections() {
         "nftables export disagrees with exfw simulate:\n{}",
         nft.join("\n")
     );
+    // The gateway itself: its input chain lets the administrators' network reach SSH on the
+    // gateway's declared address, and nobody else.
+    let _ssh = net
+        .gateway
+        .run(|| TcpListener::bind("192.0.2.1:22").expect("listen on the gateway"));
+    let gateway = ip("192.0.2.1");
+    let host_cases: Vec<Case> = ["198.51.100.250", "198.51.100.7", "203.0.113.9"]
+        .iter()
+        .map(|src| {
+            let src = ip(src);
+            let class = policy.judge_first(&probe::frame(src, gateway, proto::TCP, 22, true));
+            let allowed = compiled
+                .host_rule(class.src_class, class.dst_class, proto::TCP, 22)
+                .is_some();
+            (src, gateway, 22, allowed)
+        })
+        .collect();
+    assert_eq!(
+        host_cases.iter().map(|c| c.3).collect::<Vec<_>>(),
+        [true, false, false],
+        "only the management source may reach the gateway's SSH"
+    );
+    let host = mismatches(&net, &host_cases, &[]);
+    assert!(
+        host.is_empty(),
+        "the exported input chain disagrees with the gateway rows of exfw explain:\n{}",
+        host.join("\n")
+    );
     net.gateway
         .exec(&["nft", "delete", "table", "inet", "exfw"]);
 
     // The XDP program on the same gateway.
     let mut dataplane = Dataplane::load(LoadOptions::default()).unwrap();
-    dataplane.apply(&policy).unwrap();
     net.gateway.run(|| {
+        dataplane.apply(&policy).unwrap();
         dataplane.attach("out0", AttachMode::Driver).unwrap();
         dataplane.attach("in0", AttachMode::Driver).unwrap();
     });

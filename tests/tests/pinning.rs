@@ -13,7 +13,7 @@ use std::{
 use exfw_common::{Reason, Verdict, proto};
 use exfw_daemon::{
     dataplane::{self, AttachMode, AttachedMode, Dataplane, DataplaneError, LoadOptions},
-    policy::{Class, Policy, PortRange, Rule},
+    policy::{Accepts, Class, Interface, Policy, PortRange, Rule},
 };
 use exfw_tests::{netns::Topology, require_root};
 use socket2::{Domain, Socket, Type};
@@ -38,6 +38,7 @@ fn policy() -> Policy {
             protected: true,
             trusted: true,
             prefixes: vec!["192.0.2.2/32".parse().unwrap()],
+            ..Default::default()
         }],
         rules: vec![Rule {
             id: 1,
@@ -47,6 +48,18 @@ fn policy() -> Policy {
             proto: proto::TCP,
             ports: PortRange::single(443),
         }],
+        interfaces: vec![
+            Interface {
+                name: "out0".into(),
+                reverse_path: true,
+                accepts: Accepts::Classes(BTreeSet::from([0])),
+            },
+            Interface {
+                name: "in0".into(),
+                reverse_path: true,
+                accepts: Accepts::Classes(BTreeSet::from([1])),
+            },
+        ],
         ..Default::default()
     }
 }
@@ -83,7 +96,7 @@ fn pinned_enforcement_outlives_the_loader_and_is_adopted() {
     };
 
     let mut first = Dataplane::load(options.clone()).expect("load with pins");
-    let generation = first.apply(&policy()).unwrap();
+    let generation = net.gateway.run(|| first.apply(&policy()).unwrap());
     net.gateway.run(|| {
         assert_eq!(
             first.attach("out0", AttachMode::Driver).unwrap(),
@@ -155,7 +168,10 @@ fn pinned_enforcement_outlives_the_loader_and_is_adopted() {
             > counted,
         "counters did not continue"
     );
-    assert_eq!(second.apply(&policy()).unwrap(), generation + 1);
+    assert_eq!(
+        net.gateway.run(|| second.apply(&policy()).unwrap()),
+        generation + 1
+    );
     drop(second);
 
     // Removing the pins detaches everything: the blocked port connects again.

@@ -10,7 +10,7 @@ use std::{
 use exfw_common::{CLASS_EXTERNAL, proto};
 use ipnet::IpNet;
 
-use super::{Class, Policy, PolicyError, PortRange, Rule, Timeouts};
+use super::{Accepts, Class, Interface, Policy, PolicyError, PortRange, Rule, Timeouts};
 use crate::{
     config::{Config, Endpoint},
     model::{Provenance, Role, Service, catalogue, source},
@@ -21,10 +21,22 @@ use crate::{
 pub struct Compiled {
     /// What the data plane and the reference classifier run.
     pub policy: Policy,
+    /// Rules towards the gateway's own addresses: the XDP program passes that traffic to the
+    /// host (reason `local`), whose input chain (`exfw export --format nft`) enforces these.
+    pub host_rules: Vec<HostRule>,
     /// The roles each class stands for (class id -> roles); external (0) is implicit.
     pub class_roles: BTreeMap<u16, Vec<Role>>,
     /// Why each rule exists (rule id -> provenance).
     pub provenance: BTreeMap<u32, Vec<Provenance>>,
+}
+
+/// A rule the gateway's own firewall enforces, with why it exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRule {
+    /// The rule (its id is only an order).
+    pub rule: Rule,
+    /// Why it exists.
+    pub why: Vec<Provenance>,
 }
 
 impl Compiled {
@@ -53,6 +65,20 @@ impl Compiled {
             rule.ports.first,
             rule.ports.last
         )
+    }
+
+    /// The host rule that lets `src` reach the gateway class `dst` on `proto`/`port`, if any.
+    pub fn host_rule(&self, src: u16, dst: u16, proto: u8, port: u16) -> Option<&HostRule> {
+        self.host_rules
+            .iter()
+            .filter(|h| {
+                let r = &h.rule;
+                r.dst_class == dst
+                    && r.proto == proto
+                    && r.ports.contains(port)
+                    && r.src_classes.contains(&src)
+            })
+            .min_by_key(|h| (h.rule.ports.width(), h.rule.id))
     }
 
     /// The classes of every trusted role, which pass to each other unconditionally.
@@ -89,6 +115,13 @@ pub fn compile(config: &Config) -> Result<Compiled, PolicyError> {
         vec![Role::Gateway],
         config.management.gateway_addresses.clone(),
     );
+    for network in &config.protected_networks {
+        classes.add_named(
+            format!("protected-network {}", network.name),
+            vec![Role::ProtectedNetwork],
+            network.addresses.clone(),
+        );
+    }
     // Management and allow sources: a class per prefix, which also inherits the rules of the
     // class it would otherwise fall into (clients, another source, or external).
     let mut derived: BTreeSet<IpNet> = config.management.sources.iter().copied().collect();
@@ -132,6 +165,28 @@ pub fn compile(config: &Config) -> Result<Compiled, PolicyError> {
         };
         rules.add_service(&service, &roles_of);
     }
+    if config.organization.icmp_echo {
+        for (protocol, kind) in [(proto::ICMP, 8), (proto::ICMPV6, 128)] {
+            let service = Service {
+                name: if protocol == proto::ICMP {
+                    "icmp-echo"
+                } else {
+                    "icmpv6-echo"
+                }
+                .into(),
+                proto: protocol,
+                ports: PortRange::single(kind),
+                from: vec![Role::Management],
+                to: Role::Gateway,
+                provenance: Provenance {
+                    document: source::EXFW.into(),
+                    row: "echo is configurable (icmp_echo): management hosts may ping the gateway"
+                        .into(),
+                },
+            };
+            rules.add_service(&service, &roles_of);
+        }
+    }
     for allow in &config.allows {
         let mut sources = BTreeSet::new();
         for from in &allow.from {
@@ -165,30 +220,66 @@ pub fn compile(config: &Config) -> Result<Compiled, PolicyError> {
         }
     }
     // Inheritance, shortest prefixes first so chains resolve.
+    let mut parents = BTreeMap::new();
     for net in &derived {
         let child = derived_ids[net];
         let parent = classes.parent_of(net, child);
+        parents.insert(child, parent);
         for entry in rules.entries.values_mut() {
             if entry.0.contains(&parent) {
                 entry.0.insert(child);
             }
         }
     }
-    let (rules, provenance) = rules.finish(&classes);
+    let interfaces = config
+        .interfaces
+        .iter()
+        .map(|i| Interface {
+            name: i.name.clone(),
+            reverse_path: i.reverse_path,
+            accepts: match &i.accepts {
+                None => Accepts::Any,
+                Some(groups) => {
+                    Accepts::Classes(classes.accepted(groups, &derived, &derived_ids, &parents))
+                }
+            },
+        })
+        .collect();
+    let (rules, mut provenance) = rules.finish(&classes);
+    let (host_rules, rules): (Vec<Rule>, Vec<Rule>) = rules.into_iter().partition(|r| {
+        classes
+            .classes
+            .iter()
+            .any(|c| c.id == r.dst_class && c.local)
+    });
+    let host_rules = host_rules
+        .into_iter()
+        .map(|rule| HostRule {
+            why: provenance.remove(&rule.id).unwrap_or_default(),
+            rule,
+        })
+        .collect();
+    let secs = Duration::from_secs;
+    let limits = &config.limits;
     let policy = Policy {
         mode: config.mode,
         timeouts: Timeouts {
-            tcp: Duration::from_secs(config.limits.tcp_idle_seconds),
-            udp: Duration::from_secs(config.limits.udp_idle_seconds),
-            other: Duration::from_secs(config.limits.other_idle_seconds),
-            fragment: Duration::from_secs(config.limits.fragment_seconds),
+            tcp: secs(limits.tcp_idle_seconds),
+            udp: secs(limits.udp_idle_seconds),
+            other: secs(limits.other_idle_seconds),
+            fragment: secs(limits.fragment_seconds),
+            pending: secs(limits.pending_seconds),
+            tcp_fin: secs(limits.tcp_fin_seconds),
+            tcp_rst: secs(limits.tcp_rst_seconds),
         },
         classes: classes.classes,
         rules,
+        interfaces,
     };
     policy.validate()?;
     Ok(Compiled {
         policy,
+        host_rules,
         class_roles: classes.roles,
         provenance,
     })
@@ -219,6 +310,7 @@ impl ClassBuilder {
             name,
             protected: roles.iter().any(|r| r.protected()),
             trusted: roles.iter().any(|r| r.trusted()),
+            local: roles.iter().any(|r| r.local()),
             prefixes,
         });
         self.roles.insert(id, roles);
@@ -234,6 +326,35 @@ impl ClassBuilder {
             .filter(|(_, roles)| roles.contains(&role))
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// The classes an interface accepting `groups` accepts: those with one of the roles, 0 for
+    /// `external`, and derived source classes whose parent is accepted (management sources
+    /// also when `management` is listed).
+    fn accepted(
+        &self,
+        groups: &[Role],
+        derived: &[IpNet],
+        derived_ids: &BTreeMap<IpNet, u16>,
+        parents: &BTreeMap<u16, u16>,
+    ) -> BTreeSet<u16> {
+        let mut set: BTreeSet<u16> = self
+            .roles
+            .iter()
+            .filter(|(_, roles)| roles.iter().any(|r| groups.contains(r)))
+            .map(|(id, _)| *id)
+            .collect();
+        if groups.contains(&Role::External) {
+            set.insert(CLASS_EXTERNAL);
+        }
+        // Shortest prefixes first: a parent is decided before its children.
+        for net in derived {
+            let id = derived_ids[net];
+            if parents.get(&id).is_some_and(|p| set.contains(p)) {
+                set.insert(id);
+            }
+        }
+        set
     }
 
     /// The class `net` would belong to without its own class: the longest strictly wider prefix.

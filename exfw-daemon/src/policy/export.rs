@@ -7,7 +7,7 @@ use exfw_common::{CLASS_EXTERNAL, proto};
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::{Compiled, PortRange, Rule};
+use super::{Accepts, Compiled, PortRange, Rule};
 
 /// How `explain` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -48,41 +48,71 @@ pub struct Group {
     pub addresses: Vec<String>,
 }
 
+/// Where packets may come from on one interface.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct InterfaceRow {
+    /// Interface name.
+    pub name: String,
+    /// "strict" or "off".
+    pub reverse_path: String,
+    /// The groups whose addresses may arrive here as sources ("every group" when unrestricted).
+    pub accepts: Vec<String>,
+}
+
 /// The whole explanation.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Explanation {
     /// Address groups, in class order; "external" is everything else.
     pub groups: Vec<Group>,
-    /// The trusted-pair rule first, then every allow rule.
+    /// The interfaces and the sources each accepts.
+    pub interfaces: Vec<InterfaceRow>,
+    /// The trusted-pair rule first, then every allow rule the XDP program enforces.
     pub rules: Vec<ExplainRow>,
+    /// Rules towards the gateway itself, enforced by its input chain (`exfw export`).
+    pub gateway: Vec<ExplainRow>,
     /// What holds beyond the rows.
     pub notes: Vec<String>,
 }
 
 /// The protocol's name.
 pub fn proto_name(p: u8) -> String {
-    match p {
-        proto::TCP => "tcp".into(),
-        proto::UDP => "udp".into(),
-        proto::ICMP => "icmp".into(),
-        proto::ICMPV6 => "icmpv6".into(),
-        other => other.to_string(),
-    }
+    proto::name(p).map_or_else(|| p.to_string(), str::to_string)
 }
 
-fn ports_text(rule: &Rule) -> String {
-    let PortRange { first, last } = rule.ports;
-    let prefix = if matches!(rule.proto, proto::ICMP | proto::ICMPV6) {
+/// A port range as people write it: `443`, `5065-5068`, `any`, `type 8` for ICMP.
+pub fn ports_text(protocol: u8, ports: PortRange) -> String {
+    let PortRange { first, last } = ports;
+    let prefix = if matches!(protocol, proto::ICMP | proto::ICMPV6) {
         "type "
     } else {
         ""
     };
-    if rule.ports == PortRange::ANY {
+    if ports == PortRange::ANY {
         "any".into()
     } else if first == last {
         format!("{prefix}{first}")
     } else {
         format!("{prefix}{first}-{last}")
+    }
+}
+
+fn rule_row(c: &Compiled, rule: &Rule, why: &[crate::model::Provenance]) -> ExplainRow {
+    let p = &c.policy;
+    ExplainRow {
+        service: rule.service.clone(),
+        protocol: proto_name(rule.proto),
+        ports: ports_text(rule.proto, rule.ports),
+        source: rule
+            .src_classes
+            .iter()
+            .map(|id| p.class_name(*id).to_string())
+            .collect(),
+        destination: vec![p.class_name(rule.dst_class).to_string()],
+        why: why
+            .iter()
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+            .join("; "),
     }
 }
 
@@ -116,36 +146,43 @@ pub fn explain(c: &Compiled) -> Explanation {
         });
     }
     for rule in &p.rules {
-        let why = c.provenance.get(&rule.id).map(|v| {
-            v.iter()
-                .map(|w| w.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        });
-        rules.push(ExplainRow {
-            service: rule.service.clone(),
-            protocol: proto_name(rule.proto),
-            ports: ports_text(rule),
-            source: rule
-                .src_classes
-                .iter()
-                .map(|id| p.class_name(*id).to_string())
-                .collect(),
-            destination: vec![p.class_name(rule.dst_class).to_string()],
-            why: why.unwrap_or_default(),
-        });
+        let why = c.provenance.get(&rule.id).map_or(&[][..], |v| v.as_slice());
+        rules.push(rule_row(c, rule, why));
     }
+    let gateway = c
+        .host_rules
+        .iter()
+        .map(|h| rule_row(c, &h.rule, &h.why))
+        .collect();
+    let interfaces = p
+        .interfaces
+        .iter()
+        .map(|i| InterfaceRow {
+            name: i.name.clone(),
+            reverse_path: if i.reverse_path { "strict" } else { "off" }.into(),
+            accepts: match &i.accepts {
+                Accepts::Any => vec!["every group".into()],
+                Accepts::Classes(set) => {
+                    set.iter().map(|id| p.class_name(*id).to_string()).collect()
+                }
+            },
+        })
+        .collect();
     let mode = match p.mode {
         super::Mode::Enforce => "enforce: denied traffic is dropped",
         super::Mode::Audit => "audit: nothing is dropped; denied traffic is counted as would-drop",
     };
     Explanation {
         groups,
+        interfaces,
         rules,
+        gateway,
         notes: vec![
-            "Stateful: replies to allowed connections pass.".into(),
-            "Everything else to or from a protected group (Exchange servers, Edge, domain controllers, Lync) is dropped and counted; traffic between two unprotected ends passes untouched.".into(),
-            "ICMP fragmentation-needed, ICMPv6 packet-too-big and neighbour discovery always pass; ARP passes.".into(),
+            "Sources are validated first: a packet whose source group the interface does not accept, or whose source the routing table would not reach back through that interface (reverse_path strict), drops as spoofed_source.".into(),
+            "Connections: a rule admits the packet that opens one (TCP SYN, the first UDP datagram, an ICMP echo request); its replies and later packets pass once the handshake completes (TCP: SYN, SYN-ACK, ACK), on the interfaces it was seen on. Nothing mid-stream creates state.".into(),
+            "Everything else to or from a protected group (Exchange servers, Edge, domain controllers, Lync, protected networks) is dropped and counted; traffic between two unprotected ends passes untouched (transit).".into(),
+            "ICMP errors pass only when they carry the header of a known connection, a trusted pair or a rule, travelling back to its sender; IPv6 neighbour discovery only with hop limit 255; IPv4 source routes and IPv6 type-0 routing headers drop; ARP passes.".into(),
+            "The gateway itself: XDP passes traffic to the gateway's own addresses to the host (reason local); the rows under \"the gateway itself\" are enforced by the gateway's input chain, which `exfw export --format nft` writes.".into(),
             "\"external\" is every address not listed in a group (the Internet, partner forests).".into(),
             format!("Mode: {mode}."),
         ],
@@ -187,8 +224,13 @@ pub fn render_explain(c: &Compiled, format: ExplainFormat) -> String {
     match format {
         ExplainFormat::Json => out = serde_json::to_string_pretty(&e).expect("serialisable") + "\n",
         ExplainFormat::Csv => {
-            out.push_str("service,protocol,ports,source,source_addresses,destination,destination_addresses,why\n");
-            for r in &e.rules {
+            out.push_str("service,protocol,ports,source,source_addresses,destination,destination_addresses,why,enforced_by\n");
+            let tagged = e
+                .rules
+                .iter()
+                .map(|r| (r, "xdp"))
+                .chain(e.gateway.iter().map(|r| (r, "host input chain")));
+            for (r, by) in tagged {
                 let fields = [
                     r.service.clone(),
                     r.protocol.clone(),
@@ -198,6 +240,7 @@ pub fn render_explain(c: &Compiled, format: ExplainFormat) -> String {
                     r.destination.join(" "),
                     addresses(&r.destination),
                     r.why.clone(),
+                    by.to_string(),
                 ];
                 out.push_str(
                     &fields
@@ -214,19 +257,40 @@ pub fn render_explain(c: &Compiled, format: ExplainFormat) -> String {
             for g in &e.groups {
                 let _ = writeln!(out, "| {} | {} |", g.name, g.addresses.join(", "));
             }
-            out.push_str("| external | every address not listed above |\n\n## Allowed traffic\n\n");
-            out.push_str("| service | protocol/port | source | destination | why |\n| --- | --- | --- | --- | --- |\n");
-            for r in &e.rules {
-                let _ = writeln!(
-                    out,
-                    "| {} | {}/{} | {} | {} | {} |",
-                    r.service,
-                    r.protocol,
-                    r.ports,
-                    r.source.join(", "),
-                    r.destination.join(", "),
-                    r.why.replace('|', "\\|")
-                );
+            out.push_str("| external | every address not listed above |\n\n");
+            if !e.interfaces.is_empty() {
+                out.push_str("## Interfaces\n\n| interface | reverse path | accepts sources from |\n| --- | --- | --- |\n");
+                for i in &e.interfaces {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {} |",
+                        i.name,
+                        i.reverse_path,
+                        i.accepts.join(", ")
+                    );
+                }
+                out.push('\n');
+            }
+            let markdown_rows = |out: &mut String, rows: &[ExplainRow]| {
+                out.push_str("| service | protocol/port | source | destination | why |\n| --- | --- | --- | --- | --- |\n");
+                for r in rows {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {}/{} | {} | {} | {} |",
+                        r.service,
+                        r.protocol,
+                        r.ports,
+                        r.source.join(", "),
+                        r.destination.join(", "),
+                        r.why.replace('|', "\\|")
+                    );
+                }
+            };
+            out.push_str("## Allowed traffic\n\n");
+            markdown_rows(&mut out, &e.rules);
+            if !e.gateway.is_empty() {
+                out.push_str("\n## The gateway itself\n\nEnforced by the gateway's input chain (`exfw export --format nft`), not by XDP.\n\n");
+                markdown_rows(&mut out, &e.gateway);
             }
             out.push_str("\n## Notes\n\n");
             for n in &e.notes {
@@ -250,42 +314,39 @@ pub fn render_explain(c: &Compiled, format: ExplainFormat) -> String {
                 "  {:<width$}  every address not listed above\n",
                 "external"
             );
-            out.push_str("ALLOWED TRAFFIC\n");
-            let rows: Vec<[String; 5]> = e
-                .rules
-                .iter()
-                .map(|r| {
-                    [
-                        r.service.clone(),
-                        format!("{}/{}", r.protocol, r.ports),
-                        r.source.join(","),
-                        r.destination.join(","),
-                        r.why.clone(),
-                    ]
-                })
-                .collect();
-            let header =
-                ["SERVICE", "PROTO/PORT", "SOURCE", "DESTINATION", "WHY"].map(String::from);
-            let mut widths = [0usize; 4];
-            for row in rows.iter().chain(std::iter::once(&header)) {
-                for (w, cell) in widths.iter_mut().zip(row.iter()) {
-                    *w = (*w).max(cell.len());
-                }
-            }
-            for row in std::iter::once(&header).chain(rows.iter()) {
-                let _ = writeln!(
-                    out,
-                    "  {:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
-                    row[0],
-                    row[1],
-                    row[2],
-                    row[3],
-                    row[4],
-                    w0 = widths[0],
-                    w1 = widths[1],
-                    w2 = widths[2],
-                    w3 = widths[3]
+            if !e.interfaces.is_empty() {
+                out.push_str("INTERFACES\n");
+                let rows: Vec<Vec<String>> = e
+                    .interfaces
+                    .iter()
+                    .map(|i| vec![i.name.clone(), i.reverse_path.clone(), i.accepts.join(", ")])
+                    .collect();
+                text_table(
+                    &mut out,
+                    &["INTERFACE", "REVERSE PATH", "ACCEPTS SOURCES FROM"],
+                    &rows,
                 );
+                out.push('\n');
+            }
+            let rule_rows = |rows: &[ExplainRow]| -> Vec<Vec<String>> {
+                rows.iter()
+                    .map(|r| {
+                        vec![
+                            r.service.clone(),
+                            format!("{}/{}", r.protocol, r.ports),
+                            r.source.join(","),
+                            r.destination.join(","),
+                            r.why.clone(),
+                        ]
+                    })
+                    .collect()
+            };
+            let header = ["SERVICE", "PROTO/PORT", "SOURCE", "DESTINATION", "WHY"];
+            out.push_str("ALLOWED TRAFFIC\n");
+            text_table(&mut out, &header, &rule_rows(&e.rules));
+            if !e.gateway.is_empty() {
+                out.push_str("\nTHE GATEWAY ITSELF (enforced by its input chain: exfw export --format nft)\n");
+                text_table(&mut out, &header, &rule_rows(&e.gateway));
             }
             out.push_str("\nNOTES\n");
             for n in &e.notes {
@@ -294,6 +355,73 @@ pub fn render_explain(c: &Compiled, format: ExplainFormat) -> String {
         }
     }
     out
+}
+
+/// The nftables matches that accept `rule` (one line per family and source class, without the
+/// comment); `select` matches a class's addresses.
+fn rule_lines(rule: &Rule, select: &impl Fn(u16, &str, &str) -> String) -> Vec<String> {
+    let transport = match rule.proto {
+        proto::TCP | proto::UDP => {
+            let l4 = proto_name(rule.proto);
+            let PortRange { first, last } = rule.ports;
+            if rule.ports == PortRange::ANY {
+                format!("meta l4proto {l4}")
+            } else if first == last {
+                format!("{l4} dport {first}")
+            } else {
+                format!("{l4} dport {first}-{last}")
+            }
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            let kw = proto_name(rule.proto);
+            let PortRange { first, last } = rule.ports;
+            if first == last {
+                format!("{kw} type {first}")
+            } else {
+                format!("{kw} type {first}-{last}")
+            }
+        }
+        other => format!("meta l4proto {other}"),
+    };
+    let mut lines = Vec::new();
+    for family in ["v4", "v6"] {
+        if (rule.proto == proto::ICMP && family == "v6")
+            || (rule.proto == proto::ICMPV6 && family == "v4")
+        {
+            continue;
+        }
+        for src in &rule.src_classes {
+            lines.push(format!(
+                "{} {} {transport} accept",
+                select(*src, "saddr", family),
+                select(rule.dst_class, "daddr", family),
+            ));
+        }
+    }
+    lines
+}
+
+/// Aligned columns, the last one unpadded.
+fn text_table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let columns = header.len();
+    let mut widths = vec![0usize; columns];
+    for row in rows.iter().chain(std::iter::once(&header)) {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        out.push(' ');
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == columns {
+                let _ = write!(out, " {cell}");
+            } else {
+                let _ = write!(out, " {cell:<w$} ", w = widths[i]);
+            }
+        }
+        out.push('\n');
+    }
 }
 
 /// An nftables ruleset (`nft -f`) with the same verdicts as the XDP program for connections
@@ -364,10 +492,46 @@ pub fn nftables(c: &Compiled, origin: &str) -> String {
             format!("{kw} {field} @c{class}_{sfx} {kw} {field} != @c{class}_carved_{sfx}")
         }
     };
+    // Source validation, one chain per interface: the groups it accepts, the reverse path.
+    let spoofed = if p.mode == super::Mode::Audit {
+        "counter comment \"spoofed_source: would drop\" return"
+    } else {
+        "counter drop comment \"spoofed_source\""
+    };
+    for (slot, iface) in p.interfaces.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "\n    chain source_{slot} {{\n        # {}",
+            iface.name
+        );
+        out.push_str(
+            "        ip6 saddr { fe80::/10, :: } return\n        ip saddr 0.0.0.0 return\n",
+        );
+        if iface.reverse_path {
+            let _ = writeln!(out, "        fib saddr . iif oif missing {spoofed}");
+        }
+        match &iface.accepts {
+            Accepts::Any => out.push_str("        return\n"),
+            Accepts::Classes(set) => {
+                for family in ["v4", "v6"] {
+                    for class in set {
+                        let _ = writeln!(out, "        {} return", select(*class, "saddr", family));
+                    }
+                }
+                let _ = writeln!(out, "        {spoofed}");
+            }
+        }
+        out.push_str("    }\n");
+    }
+    let validate_sources: String = p
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(slot, iface)| format!("        iifname \"{}\" jump source_{slot}\n", iface.name))
+        .collect();
     out.push_str("\n    chain exfw {\n");
+    out.push_str(&validate_sources);
     out.push_str("        ct state established,related accept\n");
-    out.push_str("        icmp type destination-unreachable icmp code frag-needed accept\n");
-    out.push_str("        icmpv6 type { packet-too-big, nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept\n");
     let trusted: Vec<u16> = p
         .classes
         .iter()
@@ -387,45 +551,12 @@ pub fn nftables(c: &Compiled, origin: &str) -> String {
         }
     }
     for rule in &p.rules {
-        let transport = match rule.proto {
-            proto::TCP | proto::UDP => {
-                let l4 = proto_name(rule.proto);
-                let PortRange { first, last } = rule.ports;
-                if rule.ports == PortRange::ANY {
-                    format!("meta l4proto {l4}")
-                } else if first == last {
-                    format!("{l4} dport {first}")
-                } else {
-                    format!("{l4} dport {first}-{last}")
-                }
-            }
-            proto::ICMP | proto::ICMPV6 => {
-                let kw = proto_name(rule.proto);
-                let PortRange { first, last } = rule.ports;
-                if first == last {
-                    format!("{kw} type {first}")
-                } else {
-                    format!("{kw} type {first}-{last}")
-                }
-            }
-            other => format!("meta l4proto {other}"),
-        };
-        for family in ["v4", "v6"] {
-            if (rule.proto == proto::ICMP && family == "v6")
-                || (rule.proto == proto::ICMPV6 && family == "v4")
-            {
-                continue;
-            }
-            for src in &rule.src_classes {
-                let _ = writeln!(
-                    out,
-                    "        {} {} {transport} accept comment \"{} (rule {})\"",
-                    select(*src, "saddr", family),
-                    select(rule.dst_class, "daddr", family),
-                    rule.service,
-                    rule.id
-                );
-            }
+        for line in rule_lines(rule, &select) {
+            let _ = writeln!(
+                out,
+                "        {line} comment \"{} (rule {})\"",
+                rule.service, rule.id
+            );
         }
     }
     let protected: Vec<u16> = p
@@ -448,6 +579,32 @@ pub fn nftables(c: &Compiled, origin: &str) -> String {
     }
     out.push_str("    }\n\n");
     out.push_str("    chain forward {\n        type filter hook forward priority filter; policy accept;\n        jump exfw\n    }\n\n");
-    out.push_str("    chain input {\n        type filter hook input priority filter; policy accept;\n        jump exfw\n    }\n}\n");
+    // The gateway itself: what XDP passes to the host (reason local) is judged here.
+    out.push_str(
+        "    chain input {\n        type filter hook input priority filter; policy accept;\n",
+    );
+    out.push_str(&validate_sources);
+    out.push_str("        iif \"lo\" accept\n        ct state established,related accept\n");
+    out.push_str("        icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } ip6 hoplimit 255 accept\n");
+    for host in &c.host_rules {
+        for line in rule_lines(&host.rule, &select) {
+            let _ = writeln!(
+                out,
+                "        {line} comment \"{} (gateway)\"",
+                host.rule.service
+            );
+        }
+    }
+    for class in p.classes.iter().filter(|c| c.local) {
+        for family in ["v4", "v6"] {
+            let _ = writeln!(
+                out,
+                "        {} {}",
+                select(class.id, "daddr", family),
+                verdict.replace("policy", "gateway")
+            );
+        }
+    }
+    out.push_str("    }\n}\n");
     out
 }

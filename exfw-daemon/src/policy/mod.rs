@@ -8,14 +8,18 @@ mod classify;
 mod compile;
 pub mod export;
 pub mod probe;
+pub mod scenario;
 
 use std::{collections::BTreeSet, collections::HashMap, time::Duration};
 
-pub use classify::{Counters, Outcome, Reference};
-pub use compile::{Compiled, compile};
+pub use classify::{Counters, Outcome, Reference, Routes};
+pub use compile::{Compiled, HostRule, compile};
 use exfw_common::{CLASS_EXTERNAL, limits};
 pub use exfw_common::{Reason, Verdict};
 use ipnet::IpNet;
+
+/// The interface of [`Policy::without_source_validation`].
+pub const ANY_INTERFACE: &str = "any";
 
 /// Enforce drops what the policy denies; audit passes it and counts it as would-drop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -30,14 +34,20 @@ pub enum Mode {
 /// How long state lives in the kernel tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
-    /// Idle lifetime of a TCP flow entry.
+    /// Idle lifetime of a confirmed TCP connection.
     pub tcp: Duration,
-    /// Idle lifetime of a UDP flow entry.
+    /// Idle lifetime of a confirmed UDP flow.
     pub udp: Duration,
-    /// Idle lifetime of other flow entries (ICMP echo, other protocols).
+    /// Idle lifetime of other confirmed flows (ICMP echo, other protocols).
     pub other: Duration,
     /// Lifetime of a first fragment's cached verdict.
     pub fragment: Duration,
+    /// Lifetime of a connection that has not completed its handshake.
+    pub pending: Duration,
+    /// Lifetime of a TCP connection after a FIN (at most its idle lifetime).
+    pub tcp_fin: Duration,
+    /// Lifetime of a TCP connection after a RST (at most its idle lifetime).
+    pub tcp_rst: Duration,
 }
 
 impl Default for Timeouts {
@@ -47,12 +57,15 @@ impl Default for Timeouts {
             udp: Duration::from_secs(60),
             other: Duration::from_secs(60),
             fragment: Duration::from_secs(10),
+            pending: Duration::from_secs(10),
+            tcp_fin: Duration::from_secs(120),
+            tcp_rst: Duration::from_secs(10),
         }
     }
 }
 
 /// A group of addresses that share a role: what rules name as source and destination.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Class {
     /// Class id, 1.. (0 is the implicit "external" class).
     pub id: u16,
@@ -62,8 +75,41 @@ pub struct Class {
     pub protected: bool,
     /// Trusted classes pass to each other on every port and protocol.
     pub trusted: bool,
+    /// The gateway's own addresses: traffic to them is passed to the host's own firewall.
+    pub local: bool,
     /// The addresses.
     pub prefixes: Vec<IpNet>,
+}
+
+/// Which source classes may arrive on an interface.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Accepts {
+    /// Every source (only the reverse-path check, if on, validates them).
+    #[default]
+    Any,
+    /// Only these classes (0: external, unlisted addresses).
+    Classes(BTreeSet<u16>),
+}
+
+impl Accepts {
+    /// True when `class`'s addresses may arrive as sources.
+    pub fn accepts(&self, class: u16) -> bool {
+        match self {
+            Accepts::Any => true,
+            Accepts::Classes(set) => set.contains(&class),
+        }
+    }
+}
+
+/// An interface the program runs on, and how sources arriving there are validated.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Interface {
+    /// Interface name.
+    pub name: String,
+    /// Strict reverse-path check: the route back to the source must leave through here.
+    pub reverse_path: bool,
+    /// The source classes that may arrive here.
+    pub accepts: Accepts,
 }
 
 /// An inclusive range of destination ports (ICMP: types; other protocols: 0..=65535).
@@ -126,6 +172,8 @@ pub struct Policy {
     pub classes: Vec<Class>,
     /// The allowlist.
     pub rules: Vec<Rule>,
+    /// The interfaces, in slot order (a packet on any other interface drops).
+    pub interfaces: Vec<Interface>,
 }
 
 /// A policy that cannot be written to the data plane.
@@ -189,6 +237,25 @@ pub enum PolicyError {
     /// A rule with no sources.
     #[error("rule `{0}` has no source class")]
     NoSources(String),
+    /// More interfaces than the kernel's source masks hold.
+    #[error("{count} interfaces exceed the limit of {limit}")]
+    TooManyInterfaces {
+        /// How many.
+        count: usize,
+        /// The limit.
+        limit: u32,
+    },
+    /// Two interfaces share a name.
+    #[error("interface `{0}` is named twice")]
+    DuplicateInterface(String),
+    /// An interface accepts a class that does not exist.
+    #[error("interface `{iface}` accepts class {class}, which is not defined")]
+    UnknownAcceptedClass {
+        /// The interface.
+        iface: String,
+        /// The class id.
+        class: u16,
+    },
 }
 
 impl Policy {
@@ -227,6 +294,28 @@ impl Policy {
                 limit,
             });
         }
+        if self.interfaces.len() > limits::MAX_INTERFACES as usize {
+            return Err(PolicyError::TooManyInterfaces {
+                count: self.interfaces.len(),
+                limit: limits::MAX_INTERFACES,
+            });
+        }
+        let mut iface_names = BTreeSet::new();
+        for iface in &self.interfaces {
+            if !iface_names.insert(iface.name.as_str()) {
+                return Err(PolicyError::DuplicateInterface(iface.name.clone()));
+            }
+            if let Accepts::Classes(set) = &iface.accepts
+                && let Some(class) = set
+                    .iter()
+                    .find(|c| **c != CLASS_EXTERNAL && !names.contains_key(c))
+            {
+                return Err(PolicyError::UnknownAcceptedClass {
+                    iface: iface.name.clone(),
+                    class: *class,
+                });
+            }
+        }
         let mut ids = BTreeSet::new();
         for rule in &self.rules {
             if rule.id >= limits::MAX_RULES {
@@ -259,6 +348,38 @@ impl Policy {
             }
         }
         Ok(())
+    }
+
+    /// The interface with this name, and its slot.
+    pub fn interface(&self, name: &str) -> Option<(usize, &Interface)> {
+        self.interfaces
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.name == name)
+    }
+
+    /// The same policy, judged as if every packet arrived where its source belongs: one
+    /// interface, [`ANY_INTERFACE`], that accepts every source and checks no route. What the
+    /// rule model says, for explanations and case tables.
+    pub fn without_source_validation(&self) -> Policy {
+        Policy {
+            interfaces: vec![Interface {
+                name: ANY_INTERFACE.into(),
+                reverse_path: false,
+                accepts: Accepts::Any,
+            }],
+            ..self.clone()
+        }
+    }
+
+    /// What the rule model says of one frame opening a connection, arriving where its source
+    /// belongs (no source validation, empty connection tables).
+    pub fn judge_first(&self, frame: &[u8]) -> Outcome {
+        Reference::new(self.without_source_validation(), Routes::assume_ingress()).classify(
+            frame,
+            ANY_INTERFACE,
+            0,
+        )
     }
 
     /// The class with this id.
@@ -310,8 +431,8 @@ mod tests {
             id,
             name: name.into(),
             protected: true,
-            trusted: false,
             prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+            ..Default::default()
         }
     }
 

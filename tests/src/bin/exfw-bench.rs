@@ -1,23 +1,29 @@
-//! Data-plane benchmark: BPF_PROG_TEST_RUN nanoseconds per packet for allowed, trusted and
-//! dropped packets under a small and a 10,000-server policy, against an empty XDP_PASS program
-//! measured in the same run; config parse, validation and compile times for a 10,000-server
-//! organisation against the shipped example. Prints tables and writes JSON to the path given.
+//! Data-plane benchmark: BPF_PROG_TEST_RUN nanoseconds per packet for a new connection, both
+//! directions of a confirmed one, trusted and dropped packets under a small and a 10,000-server
+//! policy, against an empty XDP_PASS program measured in the same run. The packets arrive on
+//! the interfaces of a namespace they route through, with the reverse-path check on (Linux 5.15
+//! and later; before, on loopback without it). Then config parse, validation and compile times
+//! for a 10,000-server organisation against the shipped example, and the daemon's memory,
+//! reload and scrape times. Prints tables and writes JSON to the path given.
 
 use std::{collections::BTreeSet, net::IpAddr};
 
 use exfw_daemon::{
-    dataplane::{Dataplane, LoadOptions},
-    policy::{Class, Policy, PortRange, Rule},
+    dataplane::{Dataplane, LoadOptions, ifindex_of},
+    policy::{Accepts, Class, Interface, Policy, PortRange, Rule},
 };
 use exfw_tests::{
     daemon::http_get_here,
+    netns::Namespace,
     packet::{L4, Spec, build},
 };
 
 const REPEAT: u32 = 1_000_000;
 const SAMPLES: usize = 5;
+const OUTSIDE: &str = "v0";
+const INSIDE: &str = "v1";
 
-fn policy(servers: u32, client_networks: u32) -> Policy {
+fn policy(servers: u32, client_networks: u32, interfaces: Vec<Interface>) -> Policy {
     let host = |i: u32| -> ipnet::IpNet {
         format!("10.{}.{}.{}/32", 1 + i / 65536, (i / 256) % 256, i % 256)
             .parse()
@@ -45,6 +51,7 @@ fn policy(servers: u32, client_networks: u32) -> Policy {
         protected,
         trusted,
         prefixes,
+        ..Default::default()
     };
     Policy {
         classes: vec![
@@ -79,33 +86,24 @@ fn policy(servers: u32, client_networks: u32) -> Policy {
                 ports: PortRange::single(587),
             },
         ],
+        interfaces,
         ..Default::default()
     }
 }
 
-fn tcp(src: &str, dst: &str, dport: u16) -> Vec<u8> {
-    build(&Spec {
-        vlans: vec![],
-        src: src.parse::<IpAddr>().unwrap(),
-        dst: dst.parse::<IpAddr>().unwrap(),
-        ipv4_option_words: 0,
-        exts: vec![],
-        fragment: None,
-        l4: L4::Tcp {
-            sport: 40000,
-            dport,
-            flags: 0x02,
-            data_offset: 5,
-        },
-        payload: 0,
-    })
+fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    build(&Spec::new(
+        src.parse::<IpAddr>().unwrap(),
+        dst.parse::<IpAddr>().unwrap(),
+        L4::tcp(sport, dport, flags, seq, ack),
+    ))
     .bytes
 }
 
-fn median_ns(dp: &Dataplane, program: &str, frame: &[u8]) -> f64 {
+fn median_ns(dp: &Dataplane, program: &str, frame: &[u8], ingress: Option<u32>) -> f64 {
     let mut samples: Vec<f64> = (0..SAMPLES)
         .map(|_| {
-            dp.test_run(program, frame, REPEAT)
+            dp.test_run_on(program, frame, REPEAT, ingress)
                 .expect("BPF_PROG_TEST_RUN")
                 .duration
                 .as_nanos() as f64
@@ -113,6 +111,103 @@ fn median_ns(dp: &Dataplane, program: &str, frame: &[u8]) -> f64 {
         .collect();
     samples.sort_by(f64::total_cmp);
     samples[SAMPLES / 2]
+}
+
+/// Per-packet costs in a namespace whose routes put the servers behind `v1` and the Internet
+/// behind `v0` (or, where the kernel takes no test-run ingress, on loopback).
+fn dataplane_rows() -> Vec<(&'static str, String, f64, f64)> {
+    let ns = Namespace::new("bench");
+    for name in [OUTSIDE, INSIDE] {
+        let peer = format!("{name}p");
+        ns.ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
+        ns.ip(&["link", "set", name, "up"]);
+        ns.ip(&["link", "set", &peer, "up"]);
+    }
+    ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    ns.ip(&["route", "add", "default", "dev", OUTSIDE]);
+    ns.ip(&["route", "add", "192.0.2.0/24", "dev", INSIDE]);
+    ns.ip(&["route", "add", "10.0.0.0/8", "dev", INSIDE]);
+    let mut rows = Vec::new();
+    ns.run(|| {
+        for (label, servers, clients) in [("small", 0, 0), ("10k servers", 10_000, 1_000)] {
+            let mut dp = Dataplane::load(LoadOptions::default()).expect("load (run as root)");
+            dp.set_event_rate(0, 0).unwrap();
+            for name in [OUTSIDE, INSIDE] {
+                dp.attach_empty(name).expect("attach the empty program");
+            }
+            let routed_interfaces = vec![
+                Interface {
+                    name: OUTSIDE.into(),
+                    reverse_path: true,
+                    accepts: Accepts::Classes(BTreeSet::from([0, 4])),
+                },
+                Interface {
+                    name: INSIDE.into(),
+                    reverse_path: true,
+                    accepts: Accepts::Classes(BTreeSet::from([1, 2, 3])),
+                },
+            ];
+            dp.apply(&policy(servers, clients, routed_interfaces))
+                .expect("apply");
+            let (out, inside) = (ifindex_of(OUTSIDE), ifindex_of(INSIDE));
+            let syn = tcp("203.0.113.5", "192.0.2.10", 40000, 443, 0x02, 1000, 0);
+            let routed = dp.test_run_on("exfw_xdp", &syn, 1, out).is_ok();
+            let (out, inside) = if routed {
+                (out, inside)
+            } else {
+                eprintln!(
+                    "bench: no test-run ingress on this kernel; loopback, no reverse-path check"
+                );
+                let lo = vec![Interface {
+                    name: "lo".into(),
+                    reverse_path: false,
+                    accepts: Accepts::Any,
+                }];
+                dp.apply(&policy(servers, clients, lo)).expect("apply");
+                (None, None)
+            };
+            // A confirmed connection: SYN, SYN-ACK, ACK.
+            let syn_ack = tcp("192.0.2.10", "203.0.113.5", 443, 40000, 0x12, 5000, 1001);
+            let ack = tcp("203.0.113.5", "192.0.2.10", 40000, 443, 0x10, 1001, 5001);
+            let reply = tcp("192.0.2.10", "203.0.113.5", 443, 40000, 0x18, 5001, 1001);
+            for (frame, ingress) in [(&syn, out), (&syn_ack, inside), (&ack, out)] {
+                assert_eq!(
+                    dp.test_run_on("exfw_xdp", frame, 1, ingress)
+                        .unwrap()
+                        .return_value,
+                    2
+                );
+            }
+            let baseline = median_ns(&dp, "exfw_pass", &syn, out);
+            rows.push((
+                label,
+                "empty XDP_PASS program (baseline)".to_string(),
+                baseline,
+                1.0,
+            ));
+            let new_syn = tcp("203.0.113.5", "192.0.2.10", 40001, 443, 0x02, 7000, 0);
+            let cases = [
+                ("new connection (SYN external -> cas:443)", new_syn, out),
+                ("established (ACK external -> cas:443)", ack.clone(), out),
+                ("reply (cas:443 -> external)", reply.clone(), inside),
+                (
+                    "trusted (mailbox -> dc:49152)",
+                    tcp("192.0.2.20", "192.0.2.30", 40000, 49152, 0x02, 1, 0),
+                    inside,
+                ),
+                (
+                    "dropped (external -> cas:3389)",
+                    tcp("203.0.113.5", "192.0.2.10", 40000, 3389, 0x02, 1, 0),
+                    out,
+                ),
+            ];
+            for (case, frame, ingress) in &cases {
+                let ns = median_ns(&dp, "exfw_xdp", frame, *ingress);
+                rows.push((label, case.to_string(), ns, ns / baseline));
+            }
+        }
+    });
+    rows
 }
 
 /// A config file with `servers` Mailbox servers and `networks` client networks.
@@ -332,43 +427,13 @@ fn main() {
     let out = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "target/bench/dataplane.json".into());
-    let cases = [
-        (
-            "allowed (external -> cas:443)",
-            tcp("203.0.113.5", "192.0.2.10", 443),
-        ),
-        (
-            "trusted (mailbox -> dc:49152)",
-            tcp("192.0.2.20", "192.0.2.30", 49152),
-        ),
-        (
-            "dropped (external -> cas:3389)",
-            tcp("203.0.113.5", "192.0.2.10", 3389),
-        ),
-    ];
-    let mut rows = Vec::new();
-    for (label, servers, clients) in [("small", 0, 0), ("10k servers", 10_000, 1_000)] {
-        let mut dp = Dataplane::load(LoadOptions::default()).expect("load (run as root)");
-        dp.set_event_rate(0, 0).unwrap();
-        dp.apply(&policy(servers, clients)).expect("apply");
-        let baseline = median_ns(&dp, "exfw_pass", &cases[0].1);
-        rows.push((
-            label,
-            "empty XDP_PASS program (baseline)".to_string(),
-            baseline,
-            1.0,
-        ));
-        for (case, frame) in &cases {
-            let ns = median_ns(&dp, "exfw_xdp", frame);
-            rows.push((label, case.to_string(), ns, ns / baseline));
-        }
-    }
+    let rows = dataplane_rows();
     println!(
-        "{:<12} {:<36} {:>10} {:>10}",
+        "{:<12} {:<42} {:>10} {:>10}",
         "policy", "packet", "ns/packet", "x baseline"
     );
     for (policy, case, ns, ratio) in &rows {
-        println!("{policy:<12} {case:<36} {ns:>10.1} {ratio:>10.2}");
+        println!("{policy:<12} {case:<42} {ns:>10.1} {ratio:>10.2}");
     }
     let mut compile = compile_rows();
     compile.extend(daemon_rows());
