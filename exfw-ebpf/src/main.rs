@@ -87,6 +87,8 @@ struct Scratch {
 static EXFW_EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENT_RING_BYTES, 0);
 
 const NS_PER_SEC: u64 = 1_000_000_000;
+/// [`Decision::rule`] when no rule is counted.
+const NO_RULE: u32 = u32::MAX;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const FIB_SUCCESS: i64 = 0;
@@ -148,7 +150,9 @@ struct Decision {
     verdict: Verdict,
     src_class: u16,
     dst_class: u16,
-    rule: Option<u32>,
+    /// The rule counted for the packet, or [`NO_RULE`]. Not an `Option`: its payload would be
+    /// left uninitialised on the stack, which verifiers before Linux 5.12 refuse to read.
+    rule: u32,
     /// The packet completed a connection's handshake.
     confirmed: bool,
     ifindex: u32,
@@ -197,7 +201,7 @@ pub fn exfw_xdp(ctx: XdpContext) -> u32 {
         verdict: Verdict::Pass,
         src_class: 0,
         dst_class: 0,
-        rule: None,
+        rule: NO_RULE,
         confirmed: false,
         ifindex,
         generation,
@@ -658,7 +662,7 @@ fn decide(
         // SAFETY: a pointer into the map's value; concurrent updates can at worst lose a refresh.
         let flow = unsafe { &mut *flow };
         if follow_flow(flow, pkt, side, ifindex, now) {
-            d.rule = Some(flow.rule);
+            d.rule = flow.rule;
             return Reason::Flow;
         }
     }
@@ -681,7 +685,7 @@ fn decide(
             let pending = unsafe { &mut *pending };
             let step = advance(pending, pkt, side, ifindex, now);
             if step != Step::None {
-                d.rule = Some(pending.rule);
+                d.rule = pending.rule;
                 if step == Step::Confirmed {
                     confirm(&key, pending, pkt, ifindex, now);
                     d.confirmed = true;
@@ -691,7 +695,7 @@ fn decide(
         }
     }
     if let Some(rule) = rule_lookup(generation, dst.class, src.class, pkt.proto, pkt.rule_port) {
-        d.rule = Some(rule);
+        d.rule = rule;
         if opens(pkt) {
             open(&key, side, pkt, rule, ifindex, now);
         }
@@ -1100,13 +1104,13 @@ fn frag_key(pkt: &Packet) -> FragKey {
 }
 
 #[inline(always)]
-fn remember_fragment(pkt: &Packet, reason: Reason, rule: Option<u32>, ifindex: u32) {
+fn remember_fragment(pkt: &Packet, reason: Reason, rule: u32, ifindex: u32) {
     let value = FragValue {
         created_ns: now_ns(),
         reason: reason as u8,
-        has_rule: rule.is_some() as u8,
+        has_rule: (rule != NO_RULE) as u8,
         pad: [0; 2],
-        rule: rule.unwrap_or(0),
+        rule: if rule == NO_RULE { 0 } else { rule },
         ifindex,
         pad2: 0,
     };
@@ -1129,7 +1133,7 @@ fn follow_fragment(pkt: &Packet, ifindex: u32, d: &mut Decision) -> Reason {
         return Reason::FragmentDropped;
     }
     if cached.has_rule != 0 {
-        d.rule = Some(cached.rule);
+        d.rule = cached.rule;
     }
     Reason::FragmentPass
 }
@@ -1173,7 +1177,8 @@ fn count(pkt: &Packet, d: &Decision) {
             (*c).bytes += len;
         }
     }
-    if let Some(id) = d.rule {
+    if d.rule != NO_RULE {
+        let id = d.rule;
         if let Some(s) = EXFW_RULE_STATS.get_ptr_mut(id) {
             // SAFETY: per-CPU slot.
             unsafe {

@@ -115,6 +115,194 @@ impl Namespace {
     }
 }
 
+impl Namespace {
+    /// Sends a raw Ethernet frame out of `dev` in this namespace (AF_PACKET): what a host on
+    /// that link can put on the wire, forged addresses included.
+    pub fn inject(&self, dev: &str, frame: &[u8]) {
+        self.inject_many(dev, std::iter::once(frame));
+    }
+
+    /// Sends every frame of `frames` out of `dev` through one AF_PACKET socket; returns how
+    /// many were sent.
+    pub fn inject_many<'f>(
+        &self,
+        dev: &str,
+        frames: impl Iterator<Item = &'f [u8]> + Send,
+    ) -> usize {
+        let dev = std::ffi::CString::new(dev).unwrap();
+        self.run(|| {
+            // SAFETY: plain socket calls on a fresh AF_PACKET socket with a zeroed sockaddr_ll.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                assert!(
+                    fd >= 0,
+                    "AF_PACKET socket: {}",
+                    std::io::Error::last_os_error()
+                );
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_ifindex = libc::if_nametoindex(dev.as_ptr()) as i32;
+                addr.sll_halen = 6;
+                let mut sent = 0;
+                for frame in frames {
+                    addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+                    let n = libc::sendto(
+                        fd,
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&raw const addr).cast(),
+                        size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    let error = std::io::Error::last_os_error();
+                    assert_eq!(n, frame.len() as isize, "AF_PACKET send: {error}");
+                    sent += 1;
+                }
+                libc::close(fd);
+                sent
+            }
+        })
+    }
+
+    /// The MAC address of `dev` in this namespace.
+    pub fn mac(&self, dev: &str) -> [u8; 6] {
+        let text = self.ip(&["link", "show", dev]);
+        let hex = text
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no MAC address for {dev} in {text}"));
+        let mut mac = [0u8; 6];
+        for (b, part) in mac.iter_mut().zip(hex.split(':')) {
+            *b = u8::from_str_radix(part, 16).unwrap();
+        }
+        mac
+    }
+}
+
+/// Connects from `src` (any local address when `None`) to `dst` inside `ns`, waiting at most
+/// `timeout`; the error kind when it fails (`TimedOut` when a firewall swallowed the SYN).
+pub fn tcp_connect(
+    ns: &Namespace,
+    src: Option<std::net::SocketAddr>,
+    dst: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<std::net::TcpStream, std::io::ErrorKind> {
+    ns.run(|| {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(dst),
+            socket2::Type::STREAM,
+            None,
+        )
+        .map_err(|e| e.kind())?;
+        if let Some(src) = src {
+            socket.set_reuse_address(true).map_err(|e| e.kind())?;
+            socket.bind(&src.into()).map_err(|e| e.kind())?;
+        }
+        socket
+            .connect_timeout(&dst.into(), timeout)
+            .map_err(|e| e.kind())?;
+        Ok(socket.into())
+    })
+}
+
+/// A gateway namespace with one link per leg: `link` on the gateway, `eth0` in the leg's own
+/// namespace. The gateway takes the first host address of every subnet a leg uses, forwards,
+/// and sends what no subnet covers out of the first leg; each leg routes everything through
+/// the gateway.
+pub struct Network {
+    /// The router, where the firewall runs on every link.
+    pub gateway: Namespace,
+    /// (link name on the gateway, the namespace behind it), in the order given.
+    pub legs: Vec<(String, Namespace)>,
+}
+
+impl Network {
+    /// Builds the network: `legs` of (link name, addresses as `address/prefix-length`).
+    pub fn new(legs: &[(&str, &[&str])]) -> Network {
+        remove_stale();
+        let gateway = Namespace::new("gw");
+        let mut built = Vec::new();
+        let mut gateway_of: Vec<(ipnet::IpNet, String)> = Vec::new();
+        for (link, addresses) in legs {
+            let ns = Namespace::new(link);
+            gateway.ip(&[
+                "link",
+                "add",
+                link,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ]);
+            for address in *addresses {
+                let with_len: ipnet::IpNet = address
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{address}: want address/length"));
+                ns.ip(&["addr", "add", address, "dev", "eth0", "nodad"]);
+                let subnet = with_len.trunc();
+                if !gateway_of.iter().any(|(s, _)| *s == subnet) {
+                    let gw = first_host(&subnet);
+                    gateway.ip(&["addr", "add", &gw, "dev", link, "nodad"]);
+                    gateway_of.push((subnet, gw.split('/').next().unwrap().to_string()));
+                }
+            }
+            ns.ip(&["link", "set", "eth0", "up"]);
+            gateway.ip(&["link", "set", link, "up"]);
+            for v6 in [false, true] {
+                let hop = addresses
+                    .iter()
+                    .map(|a| a.parse::<ipnet::IpNet>().unwrap().trunc())
+                    .find(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
+                    .map(|subnet| {
+                        gateway_of
+                            .iter()
+                            .find(|(s, _)| *s == subnet)
+                            .unwrap()
+                            .1
+                            .clone()
+                    });
+                if let Some(hop) = hop {
+                    ns.ip(&[
+                        if v6 { "-6" } else { "-4" },
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        &hop,
+                    ]);
+                }
+            }
+            built.push((link.to_string(), ns));
+        }
+        gateway.exec(&[
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+        gateway.ip(&["-4", "route", "add", "default", "dev", legs[0].0]);
+        gateway.ip(&["-6", "route", "add", "default", "dev", legs[0].0]);
+        Network {
+            gateway,
+            legs: built,
+        }
+    }
+
+    /// The namespace behind `link`.
+    pub fn leg(&self, link: &str) -> &Namespace {
+        &self
+            .legs
+            .iter()
+            .find(|(l, _)| l == link)
+            .unwrap_or_else(|| panic!("no leg {link}"))
+            .1
+    }
+}
+
 impl Drop for Namespace {
     fn drop(&mut self) {
         // Deleting the namespace destroys its veth ends and XDP attachments with it.

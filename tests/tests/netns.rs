@@ -232,11 +232,10 @@ fn check_real_traffic(mode: AttachMode, expected_mode: AttachedMode) {
     // An allowed port connects (and its SYN-ACK returns through the flow table).
     let rule_before = lab.dataplane.rule_counter(1).unwrap();
     assert_eq!(lab.connect("203.0.113.2", "192.0.2.2:443"), Ok(()));
-    let rule_after = lab.dataplane.rule_counter(1).unwrap();
-    assert!(
-        rule_after.new_connections > rule_before.new_connections,
-        "https rule did not count the connection"
-    );
+    // The handshake's last ACK crosses the gateway after connect() returns.
+    lab.wait_for("the https rule to count the confirmed connection", |lab| {
+        lab.dataplane.rule_counter(1).unwrap().new_connections > rule_before.new_connections
+    });
     assert!(
         lab.passed(Reason::Flow) > 0,
         "the SYN-ACK did not pass through the flow table"

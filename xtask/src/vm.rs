@@ -45,7 +45,7 @@ pub const KERNELS: [Kernel; 3] = [
 
 /// The suites run inside each VM (test executables of the exfw-tests crate): BPF_PROG_TEST_RUN
 /// differential, real traffic through namespaces in driver and skb mode, and pin-and-restart.
-const SUITES: [&str; 3] = ["differential", "netns", "pinning"];
+const SUITES: [&str; 4] = ["differential", "netns", "pinning", "attacks"];
 /// How long one VM may take before it is killed.
 const VM_TIMEOUT: Duration = Duration::from_secs(900);
 const RESULT_MARKER: &str = "EXFW-VM-RESULT";
@@ -209,7 +209,7 @@ mount -t bpf bpf /sys/fs/bpf
 for m in /modules/*.ko; do insmod "$m" 2>/dev/null; done
 ip link set lo up
 # Emulated CPUs are slow: a fraction of the host's million differential frames.
-export EXFW_DIFF_PACKETS=120000
+export EXFW_DIFF_PACKETS=120000 EXFW_FLOOD_FRAMES=100000
 echo "EXFW-VM kernel $(uname -r)"
 result=pass
 for t in /tests/*; do
