@@ -11,7 +11,9 @@ use crate::{
     dataplane::{self, DEFAULT_PIN_DIR, Dataplane},
     policy::{
         ANY_INTERFACE, Accepts, Compiled, Policy, Reference, Routes, compile,
-        export::{ExplainFormat, nftables, ports_text, proto_name, render_explain},
+        export::{
+            ExplainFormat, NftChains, nftables_chains, ports_text, proto_name, render_explain,
+        },
         probe, scenario,
     },
     reload,
@@ -121,7 +123,7 @@ enum Command {
     },
     /// Export an equivalent ruleset for hosts without XDP or for side-by-side comparison.
     #[command(
-        after_help = "Examples:\n  exfw export exfw.toml --format nft > exfw.nft && nft -f exfw.nft"
+        after_help = "Examples:\n  exfw export exfw.toml --format nft-gateway > gateway.nft && nft -f gateway.nft   # beside XDP\n  exfw export exfw.toml --format nft > exfw.nft                                    # instead of XDP"
     )]
     Export {
         /// The config file.
@@ -157,8 +159,11 @@ enum StatusFormat {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ExportFormat {
-    /// nftables, loadable with `nft -f`.
+    /// nftables, loadable with `nft -f`: the whole policy (forward and input chains), for hosts
+    /// without XDP or a fail-closed fallback.
     Nft,
+    /// nftables, only the gateway's own input chain: what runs beside the XDP program.
+    NftGateway,
 }
 
 /// One packet to simulate.
@@ -268,11 +273,11 @@ fn simulate_one(
     if outcome.reason == Reason::Local {
         match compiled.host_rule(outcome.src_class, outcome.dst_class, number, port) {
             Some(host) => println!(
-                "host:        the gateway's input chain (exfw export --format nft) accepts it by `{}`",
+                "host:        the gateway's input chain (exfw export --format nft-gateway) accepts it by `{}`",
                 host.rule.service
             ),
             None => println!(
-                "host:        the gateway's input chain (exfw export --format nft) drops it: no rule to the gateway allows it"
+                "host:        the gateway's input chain (exfw export --format nft-gateway) drops it: no rule to the gateway allows it"
             ),
         }
     }
@@ -585,9 +590,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             for (i, (slot, iface)) in cfg.interfaces.iter().zip(p.interfaces.iter().enumerate()) {
                 println!(
-                    "  interface {} (xdp {:?}, slot {slot}): reverse path {}, accepts sources from {}",
+                    "  interface {} (xdp {}, slot {slot}): reverse path {}, accepts sources from {}",
                     i.name,
-                    i.mode,
+                    i.mode.name(),
                     if iface.reverse_path { "strict" } else { "off" },
                     accepts_text(p, &iface.accepts)
                 );
@@ -642,9 +647,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Export {
             config: path,
-            format: ExportFormat::Nft,
+            format,
         } => {
-            print!("{}", nftables(&load(&path)?, &path.display().to_string()));
+            let chains = match format {
+                ExportFormat::Nft => NftChains::All,
+                ExportFormat::NftGateway => NftChains::Gateway,
+            };
+            print!(
+                "{}",
+                nftables_chains(&load(&path)?, &path.display().to_string(), chains)
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

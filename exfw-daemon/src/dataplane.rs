@@ -282,6 +282,17 @@ pub enum AttachMode {
     Skb,
 }
 
+impl AttachMode {
+    /// The spelling used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Driver => "driver",
+            AttachMode::Skb => "skb",
+        }
+    }
+}
+
 /// The mode an attachment got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum AttachedMode {

@@ -221,12 +221,206 @@ fn explain_prints_every_format() {
 }
 
 #[test]
+fn a_protected_group_accepted_nowhere_is_refused() {
+    rejects(
+        "protected-group-accepted-nowhere.toml",
+        "[\"external\"]",
+        "no interface accepts every dc (\"dc\") as a source",
+    );
+}
+
+#[test]
+fn a_config_where_nothing_validates_sources_is_refused() {
+    rejects(
+        "nothing-validates-sources.toml",
+        "\"eth0\"",
+        "nothing validates sources",
+    );
+}
+
+#[test]
+fn routing_alone_is_a_warning() {
+    let dir = std::env::temp_dir().join(format!("exfw-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("routing-only.toml");
+    let text = std::fs::read_to_string(bad("nothing-validates-sources.toml"))
+        .unwrap()
+        .replace("reverse_path = \"off\"", "reverse_path = \"strict\"");
+    std::fs::write(&path, text).unwrap();
+    let (code, stdout, stderr) = exfw(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("valid"), "{stdout}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("validated by the routing table alone"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn simulate_judges_a_packet_on_an_interface() {
+    let example = root().join("examples/exchange2019-imap-ipv6.toml");
+    let example = example.to_str().unwrap();
+    let spoofed_dc = [
+        "simulate",
+        example,
+        "--src",
+        "2001:db8:21::5",
+        "--dst",
+        "2001:db8:21::21",
+        "--proto",
+        "tcp",
+        "--port",
+        "445",
+        "--syn",
+    ];
+    // Several interfaces: which one must be said.
+    let (code, _, err) = exfw(&spoofed_dc);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--iface") && err.contains("ens1f0, ens1f1"),
+        "{err}"
+    );
+    let on = |iface: &str, extra: &[&str]| {
+        let mut args = spoofed_dc.to_vec();
+        args.extend(["--iface", iface]);
+        args.extend(extra);
+        let (code, out, err) = exfw(&args);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    // The DC's address from the Internet link, and from its own link with the route back
+    // elsewhere: spoofed. From its own link: trusted.
+    let internet = on("ens1f0", &[]);
+    assert!(
+        internet.contains("reason:      spoofed_source"),
+        "{internet}"
+    );
+    let rerouted = on("ens1f1", &["--route-via", "ens1f0"]);
+    assert!(
+        rerouted.contains("reason:      spoofed_source"),
+        "{rerouted}"
+    );
+    let real = on("ens1f1", &[]);
+    assert!(
+        real.contains("verdict:     pass") && real.contains("reason:      trusted"),
+        "{real}"
+    );
+    assert!(
+        real.contains("interface:   ens1f1 (accepts mailbox, dc"),
+        "{real}"
+    );
+}
+
+#[test]
+fn simulate_replays_a_scenario() {
+    let example = root().join("examples/exchange2016-edge.toml");
+    let dir = std::env::temp_dir().join(format!("exfw-scenario-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("steps.txt");
+    std::fs::write(
+        &file,
+        "# a client's handshake, a reply, a forged SYN-ACK, an error about the connection\n\
+         0.00 eth0 tcp 203.0.113.5:40000 192.0.2.21:443 syn\n\
+         0.01 eth1 tcp 192.0.2.21:443 203.0.113.5:40000 syn,ack\n\
+         0.02 eth0 tcp 203.0.113.5:40000 192.0.2.21:443 ack\n\
+         0.03 eth1 tcp 192.0.2.21:443 203.0.113.5:40000 psh,ack\n\
+         0.04 eth0 tcp 203.0.113.5:40001 192.0.2.21:443 syn\n\
+         0.05 eth1 tcp 192.0.2.21:443 203.0.113.5:40001 syn,ack ack=7\n\
+         0.06 eth0 icmp 203.0.113.1 192.0.2.21 type=3 code=4 about=tcp,192.0.2.21:443,203.0.113.5:40000\n\
+         0.07 eth0 tcp 192.0.2.5:50000 192.0.2.21:445 syn\n",
+    )
+    .unwrap();
+    let (code, out, err) = exfw(&[
+        "simulate",
+        example.to_str().unwrap(),
+        "--scenario",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let verdicts: Vec<(&str, &str)> = out
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cells: Vec<&str> = l.split("  ").filter(|c| !c.trim().is_empty()).collect();
+            (cells[cells.len() - 3].trim(), cells[cells.len() - 2].trim())
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("pass", "rule"),
+            ("pass", "flow"),
+            ("pass", "flow (confirmed)"),
+            ("pass", "flow"),
+            ("pass", "rule"),
+            ("drop", "policy"),
+            ("pass", "icmp_related"),
+            ("drop", "spoofed_source"),
+        ],
+        "{out}"
+    );
+    std::fs::write(&file, "0 eth0 tcp 203.0.113.5:1 192.0.2.21:443 syn\n1 eth0 tcp 203.0.113.5:1 192.0.2.21:443 sin\n").unwrap();
+    let (code, _, err) = exfw(&[
+        "simulate",
+        example.to_str().unwrap(),
+        "--scenario",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("line 2") && err.contains("sin"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn explain_shows_interfaces_and_the_gateway_itself() {
+    let example = root().join("examples/exchange2016-edge.toml");
+    let (code, table, _) = exfw(&["explain", example.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(table.contains("INTERFACES"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("eth2") && l.contains("strict") && l.contains("edge")),
+        "{table}"
+    );
+    let gateway = table
+        .split("THE GATEWAY ITSELF")
+        .nth(1)
+        .expect("a section for the gateway itself");
+    assert!(
+        gateway.contains("management") && gateway.contains("tcp/22"),
+        "{gateway}"
+    );
+    let allowed = table.split("THE GATEWAY ITSELF").next().unwrap();
+    assert!(
+        !allowed.contains("tcp/22"),
+        "the gateway's rows are not XDP's: {allowed}"
+    );
+    let (code, nft, _) = exfw(&[
+        "export",
+        example.to_str().unwrap(),
+        "--format",
+        "nft-gateway",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        nft.contains("chain input")
+            && !nft.contains("chain forward")
+            && nft.contains("management (gateway)"),
+        "{nft}"
+    );
+}
+
+#[test]
 fn simulate_names_verdict_reason_and_rule() {
     let example = root().join("examples/exchange2016-edge.toml");
     let example = example.to_str().unwrap();
     let (code, out, _) = exfw(&[
         "simulate",
         example,
+        "--iface",
+        "eth0",
         "--src",
         "203.0.113.5",
         "--dst",
@@ -245,6 +439,8 @@ fn simulate_names_verdict_reason_and_rule() {
     let (_, out, _) = exfw(&[
         "simulate",
         example,
+        "--iface",
+        "eth2",
         "--src",
         "192.0.2.130",
         "--dst",

@@ -113,6 +113,22 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// The gateway link a lab host's namespace is wired to.
+fn link_of(ns: &Namespace, lab: &Lab) -> &'static str {
+    [
+        (&lab.inet, "inet0"),
+        (&lab.clients, "clients0"),
+        (&lab.mbx, "mbx0"),
+        (&lab.edge, "edge0"),
+        (&lab.dc, "dc0"),
+        (&lab.dns, "dns0"),
+    ]
+    .into_iter()
+    .find(|(n, _)| n.name() == ns.name())
+    .map(|(_, link)| link)
+    .expect("a lab namespace")
+}
+
 /// The gateway link an address of the lab sits behind.
 fn home_link(addr: &str) -> &'static str {
     match addr {
@@ -468,13 +484,18 @@ impl Lab {
             ],
         )?;
 
-        // The domain controller: listeners on the ports Exchange uses.
-        let listeners: Vec<TcpListener> = self.dc.run(|| {
+        // The domain controller: listeners on the ports Exchange uses; SMB on the Mailbox
+        // server, which the pinhole attempt aims at.
+        let mut listeners: Vec<TcpListener> = self.dc.run(|| {
             DC_PORTS
                 .iter()
                 .map(|p| TcpListener::bind((DC, *p)).expect("DC listener"))
                 .collect()
         });
+        listeners.push(
+            self.mbx
+                .run(|| TcpListener::bind((MAILBOX, 445)).expect("SMB listener")),
+        );
         for listener in listeners {
             listener.set_nonblocking(true)?;
             let stop = self.stop_listeners.clone();
@@ -655,6 +676,64 @@ impl Lab {
         self.expect_on(home_link(src), src, dst, p, port)
     }
 
+    /// What `exfw simulate --scenario` says of the last of `steps`, each (link, source, source
+    /// port, destination, destination port) of a TCP SYN; the route back to every source leaves
+    /// through the source's own link.
+    fn expect_sequence(&self, steps: &[(&str, &str, u16, &str, u16)]) -> &'static str {
+        let mut routes = Routes::assume_ingress();
+        for (_, src, ..) in steps {
+            routes.add(ipnet::IpNet::from(ip(src)), home_link(src));
+        }
+        let mut reference = Reference::new(self.compiled.policy.clone(), routes);
+        let mut last = None;
+        for (i, (link, src, sport, dst, dport)) in steps.iter().enumerate() {
+            let mut probe = probe::Probe::new(ip(src), ip(dst), proto::TCP, *dport, true);
+            probe.sport = *sport;
+            last = Some(reference.classify(&probe.frame(), link, i as u64));
+        }
+        if last.is_some_and(|o| o.verdict == Verdict::Drop) {
+            "drop"
+        } else {
+            "pass"
+        }
+    }
+
+    /// Sends a forged TCP SYN from `link`'s host (whatever source it claims) and reports whether
+    /// it reached `target_link`'s host.
+    fn forge_syn(
+        &self,
+        link: &Namespace,
+        target: &Namespace,
+        src: &str,
+        sport: u16,
+        dst: &str,
+        dport: u16,
+    ) -> Seen {
+        let mut probe = probe::Probe::new(ip(src), ip(dst), proto::TCP, dport, true);
+        probe.sport = sport;
+        let mut frame = probe.frame();
+        frame[..6].copy_from_slice(&self.gw.mac(link_of(link, self)));
+        frame[6..12].copy_from_slice(&link.mac("eth0"));
+        let sniffer = target.sniffer("eth0");
+        link.inject("eth0", &frame);
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (ip(src), ip(dst)) else {
+            unreachable!("the lab forges IPv4")
+        };
+        if sniffer.saw(CONNECT_TIMEOUT, |f| {
+            crate::netns::is_tcp_syn(f, s, d, dport)
+        }) {
+            Seen {
+                passed: true,
+                detail: "reached the target".into(),
+            }
+        } else {
+            Seen {
+                passed: false,
+                detail: "never reached the target".into(),
+            }
+        }
+    }
+
     /// What `exfw simulate` says of a first packet arriving on `iface` (the gateway's route back
     /// to the source leaves through the source's own link).
     fn expect_on(&self, iface: &str, src: &str, dst: &str, p: u8, port: u16) -> &'static str {
@@ -673,10 +752,18 @@ impl Lab {
     }
 
     fn connect(ns: &Namespace, src: &str, dst: &str, port: u16) -> Seen {
-        let (src, dst) = (ip(src), SocketAddr::new(ip(dst), port));
+        Self::connect_from(ns, src, 0, dst, port)
+    }
+
+    fn connect_from(ns: &Namespace, src: &str, sport: u16, dst: &str, port: u16) -> Seen {
+        let (src, dst) = (
+            SocketAddr::new(ip(src), sport),
+            SocketAddr::new(ip(dst), port),
+        );
         ns.run(|| {
             let socket = Socket::new(Domain::for_address(dst), Type::STREAM, None).unwrap();
-            socket.bind(&SocketAddr::new(src, 0).into()).unwrap();
+            socket.set_reuse_address(true).unwrap();
+            socket.bind(&src.into()).unwrap();
             match socket.connect_timeout(&dst.into(), CONNECT_TIMEOUT) {
                 Ok(()) => Seen {
                     passed: true,
@@ -742,6 +829,7 @@ impl Lab {
             v
         };
         for prefix in [
+            "exfw_spoofed_packets_total",
             "exfw_rule_new_connections_total",
             "exfw_rule_packets_total",
             "exfw_port_drops_total",
@@ -1030,6 +1118,27 @@ impl Lab {
                 self.expect(EDGE, DC, tcp, 389),
                 Box::new(|| Self::connect(&self.edge, EDGE, DC, 389)),
             ),
+            (
+                "Attacker: the Internet claims the DC's address, SMB to Mailbox".into(),
+                self.expect_on("inet0", DC, MAILBOX, tcp, 445),
+                Box::new(|| self.forge_syn(&self.inet, &self.mbx, DC, 40445, MAILBOX, 445)),
+            ),
+            (
+                "Attacker: the Edge claims the Mailbox relaying to it, then SMB from port 25"
+                    .into(),
+                self.expect_sequence(&[
+                    ("edge0", MAILBOX, 445, EDGE, 25),
+                    ("edge0", EDGE, 25, MAILBOX, 445),
+                ]),
+                Box::new(|| {
+                    let forged = self.forge_syn(&self.edge, &self.edge, MAILBOX, 445, EDGE, 25);
+                    let smb = Self::connect_from(&self.edge, EDGE, 25, MAILBOX, 445);
+                    Seen {
+                        passed: forged.passed || smb.passed,
+                        detail: format!("forged relay {}; SMB {}", forged.detail, smb.detail),
+                    }
+                }),
+            ),
         ];
         list.into_iter()
             .map(|(scenario, expected, run)| {
@@ -1167,7 +1276,7 @@ fn lab_config(text: &str) -> anyhow::Result<String> {
     let interfaces: Vec<toml::Value> = [
         ("inet0", &["external"][..]),
         ("clients0", &["clients", "management"]),
-        ("mbx0", &["mailbox"]),
+        ("mbx0", &["mailbox", "protected-network"]),
         ("edge0", &["edge"]),
         ("dc0", &["dc", "lync"]),
         ("dns0", &["dns"]),

@@ -180,6 +180,102 @@ impl Namespace {
     }
 }
 
+/// A raw socket on one link of a namespace: what crossed the link, whoever it was for.
+pub struct Sniffer {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Namespace {
+    /// Starts capturing every frame on `dev` (from now on).
+    pub fn sniffer(&self, dev: &str) -> Sniffer {
+        let dev = std::ffi::CString::new(dev).unwrap();
+        self.run(|| {
+            let all = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: a fresh AF_PACKET socket bound to one interface; the fd is owned below.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all));
+                assert!(
+                    fd >= 0,
+                    "AF_PACKET socket: {}",
+                    std::io::Error::last_os_error()
+                );
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_protocol = all;
+                addr.sll_ifindex = libc::if_nametoindex(dev.as_ptr()) as i32;
+                let rc = libc::bind(
+                    fd,
+                    (&raw const addr).cast(),
+                    size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+                let timeout = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 50_000,
+                };
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&raw const timeout).cast(),
+                    size_of::<libc::timeval>() as u32,
+                );
+                Sniffer {
+                    fd: std::os::fd::FromRawFd::from_raw_fd(fd),
+                }
+            }
+        })
+    }
+}
+
+impl Sniffer {
+    /// True when a frame matching `matches` arrives over the link (frames this host sends are
+    /// not counted) within `within`.
+    pub fn saw(&self, within: std::time::Duration, matches: impl Fn(&[u8]) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        let mut buf = [0u8; 2048];
+        while std::time::Instant::now() < deadline {
+            // SAFETY: a zeroed sockaddr_ll is valid to receive into.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = size_of::<libc::sockaddr_ll>() as u32;
+            // SAFETY: reading into buffers we own, from a descriptor we own.
+            let n = unsafe {
+                libc::recvfrom(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&raw mut from).cast(),
+                    &mut len,
+                )
+            };
+            if n > 0
+                && from.sll_pkttype != libc::PACKET_OUTGOING as u8
+                && matches(&buf[..n as usize])
+            {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// True for an IPv4 TCP frame (no VLAN) from `src` to `dst` port `dport` with SYN set.
+pub fn is_tcp_syn(
+    frame: &[u8],
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    dport: u16,
+) -> bool {
+    frame.len() >= 54
+        && frame[12..14] == [0x08, 0x00]
+        && frame[23] == 6
+        && frame[26..30] == src.octets()
+        && frame[30..34] == dst.octets()
+        && frame[14 + usize::from(frame[14] & 0x0f) * 4 + 2..][..2] == dport.to_be_bytes()
+        && frame[14 + usize::from(frame[14] & 0x0f) * 4 + 13] & 0x02 != 0
+}
+
 /// Connects from `src` (any local address when `None`) to `dst` inside `ns`, waiting at most
 /// `timeout`; the error kind when it fails (`TimedOut` when a firewall swallowed the SYN).
 pub fn tcp_connect(

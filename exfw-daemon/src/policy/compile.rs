@@ -22,7 +22,7 @@ pub struct Compiled {
     /// What the data plane and the reference classifier run.
     pub policy: Policy,
     /// Rules towards the gateway's own addresses: the XDP program passes that traffic to the
-    /// host (reason `local`), whose input chain (`exfw export --format nft`) enforces these.
+    /// host (reason `local`), whose input chain (`exfw export --format nft-gateway`) enforces these.
     pub host_rules: Vec<HostRule>,
     /// The roles each class stands for (class id -> roles); external (0) is implicit.
     pub class_roles: BTreeMap<u16, Vec<Role>>,

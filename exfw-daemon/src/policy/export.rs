@@ -182,7 +182,7 @@ pub fn explain(c: &Compiled) -> Explanation {
             "Connections: a rule admits the packet that opens one (TCP SYN, the first UDP datagram, an ICMP echo request); its replies and later packets pass once the handshake completes (TCP: SYN, SYN-ACK, ACK), on the interfaces it was seen on. Nothing mid-stream creates state.".into(),
             "Everything else to or from a protected group (Exchange servers, Edge, domain controllers, Lync, protected networks) is dropped and counted; traffic between two unprotected ends passes untouched (transit).".into(),
             "ICMP errors pass only when they carry the header of a known connection, a trusted pair or a rule, travelling back to its sender; IPv6 neighbour discovery only with hop limit 255; IPv4 source routes and IPv6 type-0 routing headers drop; ARP passes.".into(),
-            "The gateway itself: XDP passes traffic to the gateway's own addresses to the host (reason local); the rows under \"the gateway itself\" are enforced by the gateway's input chain, which `exfw export --format nft` writes.".into(),
+            "The gateway itself: XDP passes traffic to the gateway's own addresses to the host (reason local); the rows under \"the gateway itself\" are enforced by the gateway's input chain, which `exfw export --format nft-gateway` writes.".into(),
             "\"external\" is every address not listed in a group (the Internet, partner forests).".into(),
             format!("Mode: {mode}."),
         ],
@@ -289,7 +289,7 @@ pub fn render_explain(c: &Compiled, format: ExplainFormat) -> String {
             out.push_str("## Allowed traffic\n\n");
             markdown_rows(&mut out, &e.rules);
             if !e.gateway.is_empty() {
-                out.push_str("\n## The gateway itself\n\nEnforced by the gateway's input chain (`exfw export --format nft`), not by XDP.\n\n");
+                out.push_str("\n## The gateway itself\n\nEnforced by the gateway's input chain (`exfw export --format nft-gateway`), not by XDP.\n\n");
                 markdown_rows(&mut out, &e.gateway);
             }
             out.push_str("\n## Notes\n\n");
@@ -345,7 +345,7 @@ pub fn render_explain(c: &Compiled, format: ExplainFormat) -> String {
             out.push_str("ALLOWED TRAFFIC\n");
             text_table(&mut out, &header, &rule_rows(&e.rules));
             if !e.gateway.is_empty() {
-                out.push_str("\nTHE GATEWAY ITSELF (enforced by its input chain: exfw export --format nft)\n");
+                out.push_str("\nTHE GATEWAY ITSELF (enforced by its input chain: exfw export --format nft-gateway)\n");
                 text_table(&mut out, &header, &rule_rows(&e.gateway));
             }
             out.push_str("\nNOTES\n");
@@ -424,9 +424,25 @@ fn text_table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// Which chains an nftables export holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NftChains {
+    /// The XDP program's policy for forwarded traffic (`forward`) and the gateway's own input
+    /// chain (`input`): a complete replacement for XDP.
+    All,
+    /// Only the gateway's own input chain: what runs beside the XDP program, which passes
+    /// traffic to the gateway's addresses to the host.
+    Gateway,
+}
+
 /// An nftables ruleset (`nft -f`) with the same verdicts as the XDP program for connections
 /// through a gateway: a stateful `forward` and `input` filter in table `inet exfw`.
 pub fn nftables(c: &Compiled, origin: &str) -> String {
+    nftables_chains(c, origin, NftChains::All)
+}
+
+/// An nftables ruleset holding `chains`.
+pub fn nftables_chains(c: &Compiled, origin: &str, chains: NftChains) -> String {
     let p = &c.policy;
     let mut out = String::new();
     let _ = writeln!(out, "#!/usr/sbin/nft -f");
@@ -529,9 +545,10 @@ pub fn nftables(c: &Compiled, origin: &str) -> String {
         .enumerate()
         .map(|(slot, iface)| format!("        iifname \"{}\" jump source_{slot}\n", iface.name))
         .collect();
-    out.push_str("\n    chain exfw {\n");
-    out.push_str(&validate_sources);
-    out.push_str("        ct state established,related accept\n");
+    let mut forward = String::new();
+    forward.push_str("\n    chain exfw {\n");
+    forward.push_str(&validate_sources);
+    forward.push_str("        ct state established,related accept\n");
     let trusted: Vec<u16> = p
         .classes
         .iter()
@@ -542,7 +559,7 @@ pub fn nftables(c: &Compiled, origin: &str) -> String {
         for s in &trusted {
             for d in &trusted {
                 let _ = writeln!(
-                    out,
+                    forward,
                     "        {} {} accept comment \"trusted-pairs\"",
                     select(*s, "saddr", family),
                     select(*d, "daddr", family)
@@ -553,7 +570,7 @@ pub fn nftables(c: &Compiled, origin: &str) -> String {
     for rule in &p.rules {
         for line in rule_lines(rule, &select) {
             let _ = writeln!(
-                out,
+                forward,
                 "        {line} comment \"{} (rule {})\"",
                 rule.service, rule.id
             );
@@ -573,12 +590,27 @@ pub fn nftables(c: &Compiled, origin: &str) -> String {
     };
     for family in ["v4", "v6"] {
         for class in &protected {
-            let _ = writeln!(out, "        {} {verdict}", select(*class, "saddr", family));
-            let _ = writeln!(out, "        {} {verdict}", select(*class, "daddr", family));
+            let _ = writeln!(
+                forward,
+                "        {} {verdict}",
+                select(*class, "saddr", family)
+            );
+            let _ = writeln!(
+                forward,
+                "        {} {verdict}",
+                select(*class, "daddr", family)
+            );
         }
     }
-    out.push_str("    }\n\n");
-    out.push_str("    chain forward {\n        type filter hook forward priority filter; policy accept;\n        jump exfw\n    }\n\n");
+    forward.push_str("    }\n\n");
+    if chains == NftChains::All {
+        out.push_str(&forward);
+    } else {
+        out.push('\n');
+    }
+    if chains == NftChains::All {
+        out.push_str("    chain forward {\n        type filter hook forward priority filter; policy accept;\n        jump exfw\n    }\n\n");
+    }
     // The gateway itself: what XDP passes to the host (reason local) is judged here.
     out.push_str(
         "    chain input {\n        type filter hook input priority filter; policy accept;\n",
