@@ -250,7 +250,7 @@ impl Sniffer {
                 )
             };
             if n > 0
-                && from.sll_pkttype != libc::PACKET_OUTGOING as u8
+                && from.sll_pkttype != libc::PACKET_OUTGOING
                 && matches(&buf[..n as usize])
             {
                 return true;
