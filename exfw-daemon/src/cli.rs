@@ -421,11 +421,7 @@ fn status(pin_dir: &std::path::Path, format: StatusFormat) -> Result<ExitCode> {
     let mut totals: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     let mut reasons: Vec<(String, u64)> = Vec::new();
     for ((verdict, reason), c) in &counters.reasons {
-        let v = match verdict {
-            exfw_common::Verdict::Pass => "pass",
-            exfw_common::Verdict::Drop => "drop",
-            exfw_common::Verdict::WouldDrop => "would_drop",
-        };
+        let v = verdict.name();
         *totals.entry(v).or_default() += c.packets;
         reasons.push((format!("{v}/{}", reason.name()), c.packets));
     }
@@ -451,6 +447,7 @@ fn status(pin_dir: &std::path::Path, format: StatusFormat) -> Result<ExitCode> {
                 "packets": totals,
                 "packets_by_reason": reasons.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
                 "drop_events": {"sampled": events.sampled, "suppressed": events.suppressed, "lost": events.lost},
+                "spoofed_by_interface": counters.spoofed.iter().map(|((iface, verdict), c)| (format!("{iface}/{}", verdict.name()), c.packets)).collect::<std::collections::BTreeMap<_, _>>(),
             });
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
@@ -483,6 +480,16 @@ fn status(pin_dir: &std::path::Path, format: StatusFormat) -> Result<ExitCode> {
             println!("  packets:     {}", totals.join(", "));
             for (reason, n) in &reasons {
                 println!("    {reason:<32} {n}");
+            }
+            if !counters.spoofed.is_empty() {
+                let spoofed: Vec<String> = counters
+                    .spoofed
+                    .iter()
+                    .map(|((iface, verdict), c)| {
+                        format!("{iface} {} {}", c.packets, verdict.name())
+                    })
+                    .collect();
+                println!("  spoofed:     {}", spoofed.join(", "));
             }
             println!(
                 "  drop events: sampled {}, suppressed {}, lost {}",

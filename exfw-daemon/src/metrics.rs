@@ -170,16 +170,11 @@ impl Collector for ExfwCollector {
                 .iter()
                 .map(|(id, s)| (rule_labels(*id), counter(s.new_connections))),
         )?;
-        let verdict_name = |v: exfw_common::Verdict| match v {
-            exfw_common::Verdict::Pass => "pass",
-            exfw_common::Verdict::Drop => "drop",
-            exfw_common::Verdict::WouldDrop => "would_drop",
-        };
         let reason_samples = |pick: fn(&Counter) -> u64| {
             reason_stats.iter().map(move |((v, r), c)| {
                 (
                     vec![
-                        ("verdict", verdict_name(*v).to_string()),
+                        ("verdict", v.name().to_string()),
                         ("reason", r.name().to_string()),
                     ],
                     counter(pick(c)),

@@ -72,17 +72,32 @@ fn load_config(path: &Path) -> Result<(Config, Compiled)> {
 
 fn check_interfaces(config: &Config, path: &Path) -> Result<()> {
     for iface in &config.interfaces {
-        let name = std::ffi::CString::new(iface.name.as_str()).context("interface name")?;
-        // SAFETY: a valid NUL-terminated name.
-        if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+        if crate::dataplane::ifindex_of(&iface.name).is_none() {
             bail!(
                 "interface `{}` does not exist on this host; fix its [[interface]] entry in {}",
                 iface.name,
                 path.display()
             );
         }
+        if iface.reverse_path {
+            warn_without_forwarding(&iface.name);
+        }
     }
     Ok(())
+}
+
+/// The reverse-path check asks the kernel's forwarding lookup, which refuses on an interface
+/// where forwarding is off: exfw then drops that family's packets there as spoofed.
+fn warn_without_forwarding(iface: &str) {
+    for (family, dir) in [("IPv4", "ipv4"), ("IPv6", "ipv6")] {
+        let path = format!("/proc/sys/net/{dir}/conf/{iface}/forwarding");
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+            warn!(
+                %iface,
+                "{family} forwarding is off on {iface}: the reverse-path check cannot validate {family} sources there, so they drop as spoofed_source; enable it (sysctl -w net.{dir}.conf.{iface}.forwarding=1) or set reverse_path = \"off\" for {iface}"
+            );
+        }
+    }
 }
 
 /// Makes the interfaces match the config: attach (or adopt) the configured ones, detach the
@@ -174,19 +189,7 @@ fn ip_text(fam: u8, bytes: &[u8; 16]) -> String {
 fn iface_name(index: u32, cache: &mut BTreeMap<u32, String>) -> String {
     cache
         .entry(index)
-        .or_insert_with(|| {
-            let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-            // SAFETY: buf has IF_NAMESIZE bytes.
-            let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-            if p.is_null() {
-                index.to_string()
-            } else {
-                // SAFETY: if_indextoname wrote a NUL-terminated name.
-                unsafe { std::ffi::CStr::from_ptr(p) }
-                    .to_string_lossy()
-                    .into_owned()
-            }
-        })
+        .or_insert_with(|| crate::dataplane::interface_name(index))
         .clone()
 }
 

@@ -249,10 +249,7 @@ impl Sniffer {
                     &mut len,
                 )
             };
-            if n > 0
-                && from.sll_pkttype != libc::PACKET_OUTGOING
-                && matches(&buf[..n as usize])
-            {
+            if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING && matches(&buf[..n as usize]) {
                 return true;
             }
         }
