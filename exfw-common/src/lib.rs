@@ -166,11 +166,16 @@ pub const IFACE_REVERSE_PATH: u8 = 1;
 /// Interface flag: unlisted (external) addresses may arrive here as sources.
 pub const IFACE_ACCEPTS_EXTERNAL: u8 = 2;
 
-/// A TCP segment within this many bytes after the direction's last recorded sequence number
-/// may close a connection (FIN, RST); outside it, it passes but changes nothing.
-pub const TCP_CLOSE_WINDOW_AHEAD: u32 = 1 << 24;
+/// A TCP segment within this many bytes after the direction's recorded sequence number may
+/// close a connection (FIN, RST); outside it, it passes but changes nothing. A blind attacker
+/// must guess the window among 4,096 for every port it tries.
+pub const TCP_CLOSE_WINDOW_AHEAD: u32 = 1 << 20;
 /// ... and within this many bytes before it.
 pub const TCP_CLOSE_WINDOW_BEHIND: u32 = 1 << 16;
+/// A segment inside the window at least this far ahead moves the recorded sequence number to
+/// its own, so the record follows a busy connection (one write per 256 KiB) and only a sender
+/// that knows the window can move it.
+pub const TCP_SEQ_TRACK_STEP: u32 = 1 << 18;
 /// A flow entry younger than this is not rewritten by the packets that keep it alive.
 pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 
@@ -997,7 +1002,8 @@ mod tests {
     #[test]
     fn close_window_accepts_near_sequence_numbers_only() {
         assert!(in_close_window(1000, 1000));
-        assert!(in_close_window(1000 + (1 << 20), 1000));
+        assert!(in_close_window(1000 + (1 << 19), 1000));
+        assert!(!in_close_window(1000 + (1 << 20), 1000));
         assert!(in_close_window(500, 1000));
         assert!(in_close_window(5, u32::MAX - 5));
         assert!(!in_close_window(1000 + (1 << 30), 1000));

@@ -242,7 +242,7 @@ fn simulate_one(
         (None, proto::ICMPV6) => 128,
         (None, _) => bail!("--port is required for tcp and udp"),
     };
-    let mut routes = Routes::assume_ingress();
+    let mut routes = simulation_routes(&policy);
     if let Some(via) = &route_via {
         if policy.interface(via).is_none() && via != &iface {
             bail!("--route-via {via} is not an interface of this config");
@@ -323,7 +323,7 @@ fn simulate_scenario(compiled: &Compiled, file: &std::path::Path) -> Result<Exit
             );
         }
     }
-    let mut reference = Reference::new(policy.clone(), Routes::assume_ingress());
+    let mut reference = Reference::new(policy.clone(), simulation_routes(&policy));
     let replayed = scenario::replay(&mut reference, &steps);
     let rows: Vec<[String; 5]> = replayed
         .iter()
@@ -376,6 +376,20 @@ fn simulate_scenario(compiled: &Compiled, file: &std::path::Path) -> Result<Exit
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `simulate` knows of the gateway's routes: every route leads back through the interface
+/// a packet arrived on, except to the gateway's own addresses (the config's and loopback), to
+/// which the kernel has no forwarding route.
+fn simulation_routes(policy: &Policy) -> Routes {
+    let mut routes = Routes::assume_ingress();
+    for class in policy.classes.iter().filter(|c| c.local) {
+        for net in &class.prefixes {
+            routes.add_local(*net);
+        }
+    }
+    routes.add_local("127.0.0.0/8".parse().expect("a prefix"));
+    routes
 }
 
 /// The group names an interface accepts, for people.

@@ -719,6 +719,21 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
         })
         .collect();
     let management = validate_management(c, &raw.management, &mut unprotected);
+    for (gateway, span) in
+        management
+            .gateway_addresses
+            .iter()
+            .zip(raw.management.gateway_addresses.iter().filter(|s| {
+                parse_prefix(s.get_ref()).is_some_and(|n| n.prefix_len() == n.max_prefix_len())
+            }))
+    {
+        if let Some((_, owner, _, _)) = owners.iter().find(|(net, ..)| net.contains(gateway)) {
+            c.error(
+                span.span(),
+                format!("gateway address {gateway} is an address of {owner}: the gateway's own addresses belong to no host"),
+            );
+        }
+    }
     let allows = raw
         .allows
         .iter()
@@ -761,6 +776,20 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
         })
         .collect();
     report_overlapping_networks(c, &raw.protected_networks);
+    for (net, owner, protected, span) in &owners {
+        if let Some(network) = protected_networks
+            .iter()
+            .find(|n| !protected && n.addresses.iter().any(|p| p.contains(net)))
+        {
+            c.warn(
+                span.clone(),
+                format!(
+                    "{owner} ({net}) lies in protected network `{}`, but exfw protects no DNS server or UM gateway: anything may reach it as transit; move it out of the network or filter it elsewhere",
+                    network.name
+                ),
+            );
+        }
+    }
     let interfaces = raw
         .interfaces
         .iter()
@@ -1163,7 +1192,19 @@ fn validate_management(
     let gateway_addresses = raw
         .gateway_addresses
         .iter()
-        .filter_map(|s| c.prefix(s, "gateway address"))
+        .filter_map(|s| {
+            let net = c.prefix(s, "gateway address")?;
+            if net.prefix_len() != net.max_prefix_len() {
+                // Every address inside would be passed to the host as the gateway's own, and
+                // the host forwards what is not really its own: a hole in what exfw protects.
+                c.error(
+                    s.span(),
+                    format!("gateway address {net} is a network: list the gateway's own addresses one by one (for example 192.0.2.1)"),
+                );
+                return None;
+            }
+            Some(net)
+        })
         .collect();
     let mut ports: Vec<u16> = raw
         .ports

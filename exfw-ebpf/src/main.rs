@@ -21,10 +21,10 @@ use exfw_common::{
     CLASS_LOCAL, CLASS_PROTECTED, CLASS_TRUSTED, ClassKeyV4, ClassKeyV6, ClassValue, Counter,
     DropEvent, DropKey, FLOW_REFRESH_NS, FlowKey, FlowValue, FragKey, FragValue, GENERATION_BITS,
     IFACE_ACCEPTS_EXTERNAL, IFACE_REVERSE_PATH, IfaceKey, IfaceValue, MODE_AUDIT, PortKey,
-    RULE_KEY_FIXED_BITS, Reason, RuleKey, RuleStats, RuleValue, SamplerState, SpoofKey, Verdict,
-    config, direction, event_stat, family, flow_state, icmp, in_close_window, is_link_local_v6,
-    is_link_scoped_destination, is_on_link_only_source, limits, proto, reason_index, verdict_for,
-    wire,
+    RULE_KEY_FIXED_BITS, Reason, RuleKey, RuleStats, RuleValue, SamplerState, SpoofKey,
+    TCP_CLOSE_WINDOW_AHEAD, TCP_SEQ_TRACK_STEP, Verdict, config, direction, event_stat, family,
+    flow_state, icmp, in_close_window, is_link_local_v6, is_link_scoped_destination,
+    is_on_link_only_source, limits, proto, reason_index, verdict_for, wire,
 };
 
 #[map]
@@ -82,6 +82,8 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 struct Scratch {
     pkt: Packet,
     inner: Embedded,
+    /// The route query of the reverse-path and ICMP-direction checks.
+    fib: FibParams,
 }
 #[map]
 static EXFW_EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENT_RING_BYTES, 0);
@@ -129,6 +131,8 @@ struct Packet {
     /// Protocol that identifies the datagram's fragments: the IPv4 protocol, or the next header
     /// named by the IPv6 fragment header (the same in every fragment).
     frag_proto: u8,
+    /// The interface the frame arrived on.
+    ifindex: u32,
 }
 
 impl Packet {
@@ -195,6 +199,7 @@ pub fn exfw_xdp(ctx: XdpContext) -> u32 {
         frag: Frag::None,
         frag_id: 0,
         frag_proto: 0,
+        ifindex,
     };
     let mut d = Decision {
         reason: Reason::NonIp,
@@ -640,14 +645,14 @@ fn decide(
     d: &mut Decision,
 ) -> Reason {
     let pkt = &scratch.pkt;
-    if pkt.is_icmp() && icmp::is_neighbour_discovery(pkt.family, pkt.icmp_type) {
-        return neighbour_discovery(pkt);
-    }
     let generation = generation.to_be_bytes();
     let src = classify(pkt.family, generation, &pkt.src);
     let dst = classify(pkt.family, generation, &pkt.dst);
     d.src_class = src.class;
     d.dst_class = dst.class;
+    if pkt.is_icmp() && icmp::is_neighbour_discovery(pkt.family, pkt.icmp_type) {
+        return neighbour_discovery(pkt, dst.flags & CLASS_LOCAL != 0);
+    }
     let validate = !is_on_link_only_source(pkt.family, &pkt.src);
     if validate && !accepted(&src, iface) {
         return Reason::SpoofedSource;
@@ -665,14 +670,36 @@ fn decide(
             d.rule = flow.rule;
             return Reason::Flow;
         }
+        // A new connection on the 4-tuple of one that is closing replaces it: otherwise its
+        // handshake would ride the old entry and live only as long as a closing connection.
+        if opens(pkt)
+            && pkt.proto == proto::TCP
+            && flow.state >= flow_state::CLOSING
+            && direction_of(flow.opener, side) == direction::ORIGINAL
+        {
+            let _ = EXFW_FLOWS.remove(&key);
+        }
     }
     if validate
         && iface.flags & IFACE_REVERSE_PATH != 0
         && !is_link_scoped_destination(pkt.family, &pkt.dst)
-        && !reverse_path_ok(ctx.ctx, pkt, ifindex)
     {
-        return Reason::SpoofedSource;
+        // The route back to the source: from the destination, ports swapped.
+        let p = &scratch.pkt;
+        fill_route_query(
+            &mut scratch.fib,
+            p.family,
+            p.proto,
+            &p.src,
+            &p.dst,
+            p.sport,
+            p.dport,
+        );
+        if !route_leaves_via(ctx.ctx, &mut scratch.fib, ifindex) {
+            return Reason::SpoofedSource;
+        }
     }
+    let pkt = &scratch.pkt;
     if dst.flags & CLASS_LOCAL != 0 {
         return Reason::Local;
     }
@@ -705,7 +732,8 @@ fn decide(
         return Reason::Transit;
     }
     if pkt.is_icmp() && icmp::is_error(pkt.family, pkt.icmp_type) {
-        return if icmp_error_related(ctx.ctx, scratch, generation, now) {
+        let reverse_path = iface.flags & IFACE_REVERSE_PATH != 0;
+        return if icmp_error_related(ctx.ctx, scratch, generation, now, reverse_path) {
             Reason::IcmpRelated
         } else {
             Reason::IcmpErrorUnmatched
@@ -714,14 +742,16 @@ fn decide(
     Reason::Policy
 }
 
-/// RFC 4861: sent on the link (hop limit 255), code 0, not fragmented, and router
-/// advertisements and redirects only from link-local addresses.
+/// RFC 4861: sent on the link (hop limit 255), code 0, not fragmented, router advertisements
+/// and redirects only from link-local addresses, and addressed to something on the link (a
+/// link-scoped address) or to the gateway itself: neighbour discovery is never forwarded.
 #[inline(always)]
-fn neighbour_discovery(pkt: &Packet) -> Reason {
+fn neighbour_discovery(pkt: &Packet, to_gateway: bool) -> Reason {
     let valid = pkt.hop_limit == 255
         && pkt.icmp_code == 0
         && pkt.frag == Frag::None
-        && (!icmp::needs_link_local_source(pkt.icmp_type) || is_link_local_v6(&pkt.src));
+        && (!icmp::needs_link_local_source(pkt.icmp_type) || is_link_local_v6(&pkt.src))
+        && (to_gateway || is_link_scoped_destination(pkt.family, &pkt.dst));
     if valid {
         Reason::NeighbourDiscovery
     } else {
@@ -739,35 +769,45 @@ fn accepted(src: &ClassValue, iface: IfaceValue) -> bool {
     }
 }
 
-/// Strict reverse path: the kernel's route back to the source (from the destination, with
-/// the ports swapped, as a packet arriving on `ifindex`) leaves through `ifindex`.
-#[inline(never)]
-fn reverse_path_ok(raw: *mut xdp_md, pkt: &Packet, ifindex: u32) -> bool {
+/// Fills `q` with the query for the route a packet from (`from`, `from_port`) to (`to`,
+/// `to_port`) takes: what the reverse-path check (the route back to a source) and the ICMP
+/// direction check (the route towards an error's embedded destination) ask.
+#[inline(always)]
+fn fill_route_query(
+    q: &mut FibParams,
+    fam: u8,
+    protocol: u8,
+    to: &[u8; 16],
+    from: &[u8; 16],
+    to_port: u16,
+    from_port: u16,
+) {
     // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.l4_protocol = pkt.proto;
-    params.sport = pkt.dport.to_be();
-    params.dport = pkt.sport.to_be();
-    params.ifindex = ifindex;
-    if pkt.family == family::V4 {
-        params.family = AF_INET;
-        params.__bindgen_anon_3.ipv4_src =
-            u32::from_ne_bytes([pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]]);
-        params.__bindgen_anon_4.ipv4_dst =
-            u32::from_ne_bytes([pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]]);
+    *q = unsafe { core::mem::zeroed() };
+    q.l4_protocol = protocol;
+    q.sport = from_port.to_be();
+    q.dport = to_port.to_be();
+    if fam == family::V4 {
+        q.family = AF_INET;
+        q.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([from[0], from[1], from[2], from[3]]);
+        q.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([to[0], to[1], to[2], to[3]]);
     } else {
-        params.family = AF_INET6;
+        q.family = AF_INET6;
         // SAFETY: [u8; 16] and [u32; 4] have the same size; the kernel reads network order.
-        params.__bindgen_anon_3.ipv6_src =
-            unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(pkt.dst) };
+        q.__bindgen_anon_3.ipv6_src = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*from) };
         // SAFETY: as above.
-        params.__bindgen_anon_4.ipv6_dst =
-            unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(pkt.src) };
+        q.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*to) };
     }
-    // SAFETY: ctx is the XDP context; params lives on the stack for the call.
-    let rc =
-        unsafe { bpf_fib_lookup(raw as *mut _, &mut params, size_of::<FibParams>() as i32, 0) };
-    (rc == FIB_SUCCESS || rc == FIB_NO_NEIGH) && params.ifindex == ifindex
+}
+
+/// The kernel's forwarding route for the query in `q`, as a packet arriving on `ifindex`,
+/// leaves through `ifindex` (success, or no neighbour entry yet). A subprogram of its own.
+#[inline(never)]
+fn route_leaves_via(raw: *mut xdp_md, q: &mut FibParams, ifindex: u32) -> bool {
+    q.ifindex = ifindex;
+    // SAFETY: raw is the XDP context; q points into this CPU's scratch slot.
+    let rc = unsafe { bpf_fib_lookup(raw as *mut _, q, size_of::<FibParams>() as i32, 0) };
+    (rc == FIB_SUCCESS || rc == FIB_NO_NEIGH) && q.ifindex == ifindex
 }
 
 /// Which way a packet travels in a connection `opener` started.
@@ -797,6 +837,12 @@ fn follow_flow(flow: &mut FlowValue, pkt: &Packet, side: u8, ifindex: u32, now: 
         if f & wire::TCP_SYN != 0 && (f & wire::TCP_ACK == 0 || dir != direction::REPLY) {
             return false;
         }
+        let ahead = pkt.seq.wrapping_sub(flow.seq[dir]);
+        if f & wire::TCP_RST == 0 && (TCP_SEQ_TRACK_STEP..TCP_CLOSE_WINDOW_AHEAD).contains(&ahead) {
+            // Keep the recorded sequence number near the connection's: only packets already
+            // inside the window move it, so a blind sender cannot.
+            flow.seq[dir] = pkt.seq;
+        }
         if f & (wire::TCP_RST | wire::TCP_FIN) != 0 && in_close_window(pkt.seq, flow.seq[dir]) {
             let next = if f & wire::TCP_RST != 0 {
                 flow_state::RESET
@@ -819,9 +865,6 @@ fn follow_flow(flow: &mut FlowValue, pkt: &Packet, side: u8, ifindex: u32, now: 
     }
     if now.wrapping_sub(flow.last_seen_ns) >= FLOW_REFRESH_NS {
         flow.last_seen_ns = now;
-        if pkt.proto == proto::TCP {
-            flow.seq[dir] = pkt.seq;
-        }
     }
     true
 }
@@ -1041,14 +1084,16 @@ fn embedded(ctx: &Frame, pkt: &Packet, e: &mut Embedded) -> bool {
     true
 }
 
-/// An ICMP error goes back to the sender of the packet it carries, and that packet belongs to
-/// a known connection, a trusted pair or a rule.
+/// An ICMP error goes back to the sender of the packet it carries, that packet belongs to a
+/// fresh connection (confirmed or not) or a trusted pair, and (where the interface checks the
+/// reverse path) the error arrives from the direction that packet was going.
 #[inline(never)]
 fn icmp_error_related(
     raw: *mut xdp_md,
     scratch: &mut Scratch,
     generation: [u8; 4],
     now: u64,
+    reverse_path: bool,
 ) -> bool {
     let (pkt, e) = (&scratch.pkt, &mut scratch.inner);
     *e = Embedded {
@@ -1062,7 +1107,26 @@ fn icmp_error_related(
     if !embedded(&Frame::of(raw), pkt, e) || e.src != pkt.dst {
         return false;
     }
-    known_connection(e, pkt.family, now) || allowed_by_policy(e, pkt.family, generation)
+    if !known_connection(e, pkt.family, now) && !trusted_pair(e, pkt.family, generation) {
+        return false;
+    }
+    if !reverse_path {
+        return true;
+    }
+    if is_link_scoped_destination(pkt.family, &e.dst) {
+        return false;
+    }
+    let (fam, ifindex) = (pkt.family, pkt.ifindex);
+    fill_route_query(
+        &mut scratch.fib,
+        fam,
+        scratch.inner.proto,
+        &scratch.inner.dst,
+        &scratch.inner.src,
+        scratch.inner.dport,
+        scratch.inner.sport,
+    );
+    route_leaves_via(raw, &mut scratch.fib, ifindex)
 }
 
 /// The embedded packet belongs to a fresh connection, confirmed or not.
@@ -1082,13 +1146,12 @@ fn known_connection(e: &Embedded, fam: u8, now: u64) -> bool {
     }
 }
 
-/// The embedded packet is between trusted hosts or admitted by a rule.
+/// The embedded packet is between trusted hosts.
 #[inline(never)]
-fn allowed_by_policy(e: &Embedded, fam: u8, generation: [u8; 4]) -> bool {
+fn trusted_pair(e: &Embedded, fam: u8, generation: [u8; 4]) -> bool {
     let src = classify(fam, generation, &e.src);
     let dst = classify(fam, generation, &e.dst);
     src.flags & dst.flags & CLASS_TRUSTED != 0
-        || rule_lookup(generation, dst.class, src.class, e.proto, e.rule_port).is_some()
 }
 
 #[inline(always)]
@@ -1105,8 +1168,22 @@ fn frag_key(pkt: &Packet) -> FragKey {
 
 #[inline(always)]
 fn remember_fragment(pkt: &Packet, reason: Reason, rule: u32, ifindex: u32) {
+    let now = now_ns();
+    let key = frag_key(pkt);
+    if reason.drops() {
+        // A dropped first fragment (forged, or from elsewhere) never replaces a fresh pass:
+        // later fragments without an entry drop anyway.
+        // SAFETY: the value is copied out at once.
+        if let Some(existing) = unsafe { EXFW_FRAGS.get(&key) } {
+            if existing.reason < exfw_common::FIRST_DROP_REASON
+                && now.wrapping_sub(existing.created_ns) < config_get(config::FRAG_TIMEOUT_NS)
+            {
+                return;
+            }
+        }
+    }
     let value = FragValue {
-        created_ns: now_ns(),
+        created_ns: now,
         reason: reason as u8,
         has_rule: (rule != NO_RULE) as u8,
         pad: [0; 2],
@@ -1114,7 +1191,7 @@ fn remember_fragment(pkt: &Packet, reason: Reason, rule: u32, ifindex: u32) {
         ifindex,
         pad2: 0,
     };
-    let _ = EXFW_FRAGS.insert(&frag_key(pkt), &value, 0);
+    let _ = EXFW_FRAGS.insert(&key, &value, 0);
 }
 
 #[inline(always)]

@@ -703,6 +703,16 @@ impl<'a> Stream<'a> {
                 for _ in 0..rng.random_range(0..5) {
                     let from_client = rng.random_bool(0.5);
                     let len = rng.random_range(0..200);
+                    if rng.random_bool(0.2) {
+                        // Much data unseen in between: the recorded sequence number follows
+                        // (or, far enough, falls behind).
+                        let jump = rng.random_range(1u32 << 17..1 << 21);
+                        if from_client {
+                            c_seq = c_seq.wrapping_add(jump);
+                        } else {
+                            s_seq = s_seq.wrapping_add(jump);
+                        }
+                    }
                     if from_client {
                         push(&mut frames, true, tcp(true, 0x18, c_seq, s_seq), len, &ci);
                         c_seq = c_seq.wrapping_add(len as u32);
@@ -947,6 +957,19 @@ impl<'a> Stream<'a> {
         });
         later_spec.payload = self.rng.random_range(8..64);
         let later = build(&later_spec).bytes;
+        if self.rng.random_bool(0.1) {
+            // A forged first fragment of the same datagram to a port nothing allows, from
+            // anywhere: it must not undo the real first fragment's verdict.
+            let mut forged = spec.clone();
+            if let L4::Tcp { dport, .. } | L4::Udp { dport, .. } = &mut forged.l4 {
+                *dport = 3389;
+            }
+            let iface = self.topology.interfaces.choose(self.rng).unwrap().clone();
+            self.queued.push_back(Arrival {
+                frame: build(&forged).bytes,
+                iface,
+            });
+        }
         let first_bytes = if self.rng.random_bool(0.15) {
             // A tiny first fragment that cannot hold the transport header.
             let l4 = first.boundaries[first.boundaries.len() - 2];

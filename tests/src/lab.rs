@@ -7,7 +7,7 @@
 //!  inet  203.0.113.9  --+ inet0                                                 mbx0    +-- mbx   192.0.2.21  nginx, postfix, dovecot
 //!        203.0.113.25   |  (remote mail server: postfix)                        edge0   +-- edge  192.0.2.130 postfix
 //!  clients 198.51.100.7-+ clients0                                              dc0     +-- dc    192.0.2.5   listeners
-//!        .200 .250      |                                                       dns0    +-- dns   192.0.2.53  dnsmasq
+//!        .200 .250      |                                                       dns0    +-- dns   192.0.2.153 dnsmasq
 //!                       +----------- Prometheus 127.0.0.1:9090, exfw 127.0.0.1:9720 ----+
 //! ```
 //!
@@ -47,7 +47,7 @@ const MAILBOX: &str = "192.0.2.21";
 const MAILBOX_V6: &str = "2001:db8:21::21";
 const EDGE: &str = "192.0.2.130";
 const DC: &str = "192.0.2.5";
-const DNS: &str = "192.0.2.53";
+const DNS: &str = "192.0.2.153";
 const INTERNET_CLIENT: &str = "203.0.113.9";
 const INTERNET_CLIENT_V6: &str = "2001:db8:ffff::9";
 const REMOTE_MX: &str = "203.0.113.25";

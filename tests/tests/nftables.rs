@@ -85,7 +85,10 @@ fn nftables_export_and_xdp_match_simulate_on_real_connections() {
         "interface".into(),
         toml::Value::Array(vec![
             interface("out0", &["external", "clients", "management"]),
-            interface("in0", &["mailbox", "edge", "dc", "lync", "dns"]),
+            interface(
+                "in0",
+                &["mailbox", "edge", "dc", "lync", "dns", "protected-network"],
+            ),
         ]),
     );
     let config = config::parse(&toml::to_string(&text).unwrap(), "exchange2016-edge.toml")

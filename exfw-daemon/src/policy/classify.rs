@@ -13,8 +13,9 @@ use std::{
 
 use exfw_common::{
     CLASS_EXTERNAL, Counter, DropKey, FLOW_REFRESH_NS, FlowKey, FlowValue, FragKey, RuleStats,
-    direction, family, flow_key, flow_state, icmp, in_close_window, is_link_local_v6,
-    is_link_scoped_destination, is_on_link_only_source, limits, proto, verdict_for, wire,
+    TCP_CLOSE_WINDOW_AHEAD, TCP_SEQ_TRACK_STEP, direction, family, flow_key, flow_state, icmp,
+    in_close_window, is_link_local_v6, is_link_scoped_destination, is_on_link_only_source, limits,
+    proto, verdict_for, wire,
 };
 use ipnet::IpNet;
 
@@ -114,6 +115,11 @@ impl Routes {
             local: local.into_iter().collect(),
             assume_ingress: false,
         }
+    }
+
+    /// Marks `net` as the gateway's own: no forwarding route leads there.
+    pub fn add_local(&mut self, net: IpNet) {
+        self.local.push(net);
     }
 
     /// Adds a route: packets to `net` leave through `iface`.
@@ -346,13 +352,22 @@ impl Reference {
             (Ok(Some(p)), Some(ingress)) => {
                 let reason = self.decide(frame, p, ingress, iface, ifindex, now_ns, &mut out);
                 if p.frag == Frag::First {
-                    let cached = CachedFragment {
-                        created_ns: now_ns,
-                        reason,
-                        rule: out.rule,
-                        ifindex,
-                    };
-                    self.frags.insert(frag_key(p), cached);
+                    let fragment_lifetime = self.policy.timeouts.fragment.as_nanos() as u64;
+                    // A dropped first fragment never replaces a fresh pass.
+                    let keep = reason.drops()
+                        && self.frags.get(&frag_key(p)).is_some_and(|c| {
+                            !c.reason.drops()
+                                && now_ns.wrapping_sub(c.created_ns) < fragment_lifetime
+                        });
+                    if !keep {
+                        let cached = CachedFragment {
+                            created_ns: now_ns,
+                            reason,
+                            rule: out.rule,
+                            ifindex,
+                        };
+                        self.frags.insert(frag_key(p), cached);
+                    }
                 }
                 reason
             }
@@ -386,21 +401,22 @@ impl Reference {
         now: u64,
         out: &mut Outcome,
     ) -> Reason {
+        let src = self.class_of(p.addr(&p.src));
+        let dst = self.class_of(p.addr(&p.dst));
+        out.src_class = src.id;
+        out.dst_class = dst.id;
         if p.is_icmp() && icmp::is_neighbour_discovery(p.family, p.icmp_type) {
             let valid = p.hop_limit == 255
                 && p.icmp_code == 0
                 && p.frag == Frag::None
-                && (!icmp::needs_link_local_source(p.icmp_type) || is_link_local_v6(&p.src));
+                && (!icmp::needs_link_local_source(p.icmp_type) || is_link_local_v6(&p.src))
+                && (dst.local || is_link_scoped_destination(p.family, &p.dst));
             return if valid {
                 Reason::NeighbourDiscovery
             } else {
                 Reason::NeighbourDiscoveryInvalid
             };
         }
-        let src = self.class_of(p.addr(&p.src));
-        let dst = self.class_of(p.addr(&p.dst));
-        out.src_class = src.id;
-        out.dst_class = dst.id;
         let validate = !is_on_link_only_source(p.family, &p.src);
         let accepted = if src.id == CLASS_EXTERNAL {
             ingress.accepts_external
@@ -412,11 +428,19 @@ impl Reference {
         }
         let (key, side) = flow_key(p.family, p.proto, &p.src, p.sport, &p.dst, p.dport);
         let timeouts = self.policy.timeouts;
-        if let Some(flow) = self.flows.get_mut(&key)
-            && follow_flow(&timeouts, flow, p, side, ifindex, now)
-        {
-            out.rule = Some(flow.rule);
-            return Reason::Flow;
+        if let Some(flow) = self.flows.get_mut(&key) {
+            if follow_flow(&timeouts, flow, p, side, ifindex, now) {
+                out.rule = Some(flow.rule);
+                return Reason::Flow;
+            }
+            // A new connection on the 4-tuple of a closing one replaces it.
+            if opens(p)
+                && p.proto == proto::TCP
+                && flow.state >= flow_state::CLOSING
+                && direction_of(flow.opener, side) == direction::ORIGINAL
+            {
+                self.flows.remove(&key);
+            }
         }
         if validate
             && ingress.reverse_path
@@ -472,7 +496,7 @@ impl Reference {
             return Reason::Transit;
         }
         if p.is_icmp() && icmp::is_error(p.family, p.icmp_type) {
-            return if self.icmp_error_related(frame, p, now) {
+            return if self.icmp_error_related(frame, p, ingress.reverse_path, iface, now) {
                 Reason::IcmpRelated
             } else {
                 Reason::IcmpErrorUnmatched
@@ -506,9 +530,17 @@ impl Reference {
         );
     }
 
-    /// The ICMP error goes back to the sender of the packet it carries, and that packet belongs
-    /// to a known connection, a trusted pair or a rule.
-    fn icmp_error_related(&self, frame: &[u8], p: &Parsed, now: u64) -> bool {
+    /// The ICMP error goes back to the sender of the packet it carries, that packet belongs to a
+    /// fresh connection (confirmed or not) or a trusted pair, and (where the interface checks
+    /// the reverse path) the error arrives from the direction that packet was going.
+    fn icmp_error_related(
+        &self,
+        frame: &[u8],
+        p: &Parsed,
+        reverse_path: bool,
+        iface: &str,
+        now: u64,
+    ) -> bool {
         let Some(e) = embedded(frame, p) else {
             return false;
         };
@@ -520,16 +552,23 @@ impl Reference {
         let fresh = |entry: &FlowValue| {
             now.wrapping_sub(entry.last_seen_ns) < lifetime(t, entry.state, e.proto)
         };
-        if self.flows.get(&key).is_some_and(fresh) || self.pending.get(&key).is_some_and(fresh) {
+        let known =
+            self.flows.get(&key).is_some_and(fresh) || self.pending.get(&key).is_some_and(fresh);
+        let trusted = || {
+            self.class_of(addr_of(p.family, &e.src)).trusted
+                && self.class_of(addr_of(p.family, &e.dst)).trusted
+        };
+        if !known && !trusted() {
+            return false;
+        }
+        if !reverse_path {
             return true;
         }
-        let src = self.class_of(addr_of(p.family, &e.src));
-        let dst = self.class_of(addr_of(p.family, &e.dst));
-        (src.trusted && dst.trusted)
-            || self
-                .policy
-                .matching_rule(src.id, dst.id, e.proto, e.rule_port)
-                .is_some()
+        !is_link_scoped_destination(p.family, &e.dst)
+            && self
+                .routes
+                .egress(addr_of(p.family, &e.dst), addr_of(p.family, &e.src), iface)
+                == Some(iface)
     }
 
     fn follow_fragment(&self, p: &Parsed, ifindex: u32, now: u64, out: &mut Outcome) -> Reason {
@@ -682,6 +721,10 @@ fn follow_flow(
         if syn && (f & wire::TCP_ACK == 0 || dir != direction::REPLY) {
             return false;
         }
+        let ahead = p.seq.wrapping_sub(flow.seq[dir]);
+        if f & wire::TCP_RST == 0 && (TCP_SEQ_TRACK_STEP..TCP_CLOSE_WINDOW_AHEAD).contains(&ahead) {
+            flow.seq[dir] = p.seq;
+        }
         if f & (wire::TCP_RST | wire::TCP_FIN) != 0 && in_close_window(p.seq, flow.seq[dir]) {
             let next = if f & wire::TCP_RST != 0 {
                 flow_state::RESET
@@ -704,9 +747,6 @@ fn follow_flow(
     }
     if now.wrapping_sub(flow.last_seen_ns) >= FLOW_REFRESH_NS {
         flow.last_seen_ns = now;
-        if p.proto == proto::TCP {
-            flow.seq[dir] = p.seq;
-        }
     }
     true
 }
@@ -1282,6 +1322,163 @@ mod tests {
             later + 1 + rst_window,
         );
         assert_eq!(out.reason, Reason::Policy);
+    }
+
+    /// The handshake of `tcp`'s connection between CLIENT:40000 and CAS:443, ISNs 100 and 900.
+    fn handshake(r: &mut Reference, at: u64) {
+        r.classify(&tcp(CLIENT, 40000, CAS, 443, SYN, 100, 0), EXT, at);
+        r.classify(
+            &tcp(CAS, 443, CLIENT, 40000, SYN_ACK, 900, 101),
+            INT,
+            at + 1,
+        );
+        let out = r.classify(&tcp(CLIENT, 40000, CAS, 443, ACK, 101, 901), EXT, at + 2);
+        assert!(out.confirmed);
+    }
+
+    #[test]
+    fn a_blind_rst_cannot_move_the_window_it_is_checked_against() {
+        let mut r = reference();
+        handshake(&mut r, 0);
+        let second = 1_000_000_000;
+        // Out of the window, a second apart (a refresh in between): nothing changes.
+        let far = 101u32.wrapping_add(0xdead_0000);
+        r.classify(
+            &tcp(CLIENT, 40000, CAS, 443, wire::TCP_RST, far, 0),
+            EXT,
+            5 * second,
+        );
+        r.classify(
+            &tcp(CLIENT, 40000, CAS, 443, wire::TCP_RST, far, 0),
+            EXT,
+            6 * second,
+        );
+        let out = r.classify(
+            &tcp(CAS, 443, CLIENT, 40000, ACK, 901, 101),
+            INT,
+            30 * second,
+        );
+        assert_eq!(
+            out.reason,
+            Reason::Flow,
+            "a blind RST shortened the connection"
+        );
+        // The connection's own data moves the record along, so its RST still counts.
+        r.classify(
+            &tcp(CLIENT, 40000, CAS, 443, ACK, 101 + 600_000, 901),
+            EXT,
+            31 * second,
+        );
+        r.classify(
+            &tcp(CLIENT, 40000, CAS, 443, wire::TCP_RST, 101 + 1_500_000, 0),
+            EXT,
+            32 * second,
+        );
+        let rst = r.policy().timeouts.tcp_rst.as_nanos() as u64;
+        let out = r.classify(
+            &tcp(CAS, 443, CLIENT, 40000, ACK, 901, 101),
+            INT,
+            32 * second + rst,
+        );
+        assert_eq!(out.reason, Reason::Policy);
+    }
+
+    #[test]
+    fn a_new_connection_replaces_a_closing_one_on_the_same_ports() {
+        let mut r = reference();
+        handshake(&mut r, 0);
+        r.classify(
+            &tcp(CLIENT, 40000, CAS, 443, wire::TCP_RST, 101, 0),
+            EXT,
+            10,
+        );
+        // The client reuses its port at once: the new handshake confirms a new connection.
+        r.classify(&tcp(CLIENT, 40000, CAS, 443, SYN, 5000, 0), EXT, 20);
+        r.classify(&tcp(CAS, 443, CLIENT, 40000, SYN_ACK, 7000, 5001), INT, 21);
+        let out = r.classify(&tcp(CLIENT, 40000, CAS, 443, ACK, 5001, 7001), EXT, 22);
+        assert!(out.confirmed, "{out:?}");
+        let idle = 20 * r.policy().timeouts.tcp_rst.as_nanos() as u64;
+        let out = r.classify(&tcp(CAS, 443, CLIENT, 40000, ACK, 7001, 5001), INT, idle);
+        assert_eq!(
+            out.reason,
+            Reason::Flow,
+            "the new connection lives as an open one"
+        );
+    }
+
+    /// An ICMPv4 error from `src` to `dst` carrying the first 28 bytes of `inner`'s IP packet.
+    fn icmp_error(src: [u8; 4], dst: [u8; 4], inner: &[u8]) -> Vec<u8> {
+        let carried = &inner[14..14 + 28];
+        let mut f = vec![0u8; 14 + 20 + 8];
+        f[12..14].copy_from_slice(&wire::ETH_P_IP.to_be_bytes());
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&((20 + 8 + carried.len()) as u16).to_be_bytes());
+        f[22] = 64;
+        f[23] = proto::ICMP;
+        f[26..30].copy_from_slice(&src);
+        f[30..34].copy_from_slice(&dst);
+        f[34] = 3;
+        f[35] = 4;
+        f.extend_from_slice(carried);
+        f
+    }
+
+    #[test]
+    fn icmp_errors_need_state_or_trust_and_the_right_direction() {
+        let mut p = policy();
+        // Untrusted, so errors between its hosts are judged rather than passed as trusted.
+        p.classes[0].trusted = false;
+        let mut r = reference();
+        r.set_policy(p);
+        let router = [203, 0, 113, 1];
+        // About a packet the CAS sent that no connection knows: unmatched.
+        let reply = tcp(CAS, 443, CLIENT, 40000, SYN_ACK, 900, 101);
+        let out = r.classify(&icmp_error(router, CAS, &reply), EXT, 0);
+        assert_eq!(out.reason, Reason::IcmpErrorUnmatched);
+        // Once the client opened the connection, the same error, from the Internet side where
+        // the packet was going: related.
+        r.classify(&tcp(CLIENT, 40000, CAS, 443, SYN, 100, 0), EXT, 1);
+        let out = r.classify(&icmp_error(router, CAS, &reply), EXT, 2);
+        assert_eq!(out.reason, Reason::IcmpRelated);
+        // The same error from the inside, where the packet was not going: unmatched.
+        let out = r.classify(&icmp_error([192, 0, 2, 9], CAS, &reply), INT, 3);
+        assert_eq!(out.reason, Reason::IcmpErrorUnmatched);
+    }
+
+    #[test]
+    fn neighbour_discovery_is_for_the_link_or_the_gateway() {
+        let mut p = policy();
+        p.interfaces[0].accepts = Accepts::Any;
+        p.classes.push(Class {
+            id: 2,
+            name: "gateway".into(),
+            local: true,
+            prefixes: vec!["2001:db8:1::1/128".parse().unwrap()],
+            ..Default::default()
+        });
+        let mut r = Reference::new(p, Routes::assume_ingress());
+        let advert = |dst: &str| {
+            let mut f = vec![0u8; 14 + 40 + 24];
+            f[12..14].copy_from_slice(&wire::ETH_P_IPV6.to_be_bytes());
+            f[14] = 0x60;
+            f[18..20].copy_from_slice(&24u16.to_be_bytes());
+            f[20] = proto::ICMPV6;
+            f[21] = 255;
+            let src: std::net::Ipv6Addr = "2001:db8:1::7".parse().unwrap();
+            let dst: std::net::Ipv6Addr = dst.parse().unwrap();
+            f[22..38].copy_from_slice(&src.octets());
+            f[38..54].copy_from_slice(&dst.octets());
+            f[54] = 136;
+            f
+        };
+        for (dst, reason) in [
+            ("ff02::1", Reason::NeighbourDiscovery),
+            ("fe80::1", Reason::NeighbourDiscovery),
+            ("2001:db8:1::1", Reason::NeighbourDiscovery),
+            ("2001:db8:9::9", Reason::NeighbourDiscoveryInvalid),
+        ] {
+            assert_eq!(r.classify(&advert(dst), EXT, 0).reason, reason, "to {dst}");
+        }
     }
 
     #[test]

@@ -375,13 +375,26 @@ fn rule_lines(rule: &Rule, select: &impl Fn(u16, &str, &str) -> String) -> Vec<S
         proto::ICMP | proto::ICMPV6 => {
             let kw = proto_name(rule.proto);
             let PortRange { first, last } = rule.ports;
-            if first == last {
+            if first > 255 {
+                // No ICMP type is above 255: the rule matches nothing.
+                return Vec::new();
+            }
+            if first == 0 && last >= 255 {
+                format!("meta l4proto {kw}")
+            } else if first == last {
                 format!("{kw} type {first}")
             } else {
-                format!("{kw} type {first}-{last}")
+                format!("{kw} type {first}-{}", last.min(255))
             }
         }
         other => format!("meta l4proto {other}"),
+    };
+    // Like the XDP program, only a SYN opens a TCP connection through a rule; conntrack's
+    // loose pick-up of mid-stream segments would otherwise create state from anything.
+    let transport = if rule.proto == proto::TCP {
+        format!("{transport} tcp flags & (fin|syn|rst|ack) == syn")
+    } else {
+        transport
     };
     let mut lines = Vec::new();
     for family in ["v4", "v6"] {
@@ -436,7 +449,10 @@ pub enum NftChains {
 }
 
 /// An nftables ruleset (`nft -f`) with the same verdicts as the XDP program for connections
-/// through a gateway: a stateful `forward` and `input` filter in table `inet exfw`.
+/// through a gateway: a stateful `forward` and `input` filter in table `inet exfw`. Two
+/// differences: conntrack decides what a connection is (any TCP packet after the SYN
+/// matches `established`), and mid-stream TCP segments to an allowed port, which XDP passes
+/// without state, drop here.
 pub fn nftables(c: &Compiled, origin: &str) -> String {
     nftables_chains(c, origin, NftChains::All)
 }
@@ -615,9 +631,22 @@ pub fn nftables_chains(c: &Compiled, origin: &str, chains: NftChains) -> String 
     out.push_str(
         "    chain input {\n        type filter hook input priority filter; policy accept;\n",
     );
+    if !p.interfaces.is_empty() {
+        let names: Vec<String> = p
+            .interfaces
+            .iter()
+            .map(|i| format!("\"{}\"", i.name))
+            .collect();
+        let _ = writeln!(
+            out,
+            "        iifname != {{ {} }} accept comment \"not an exfw interface\"",
+            names.join(", ")
+        );
+    }
     out.push_str(&validate_sources);
     out.push_str("        iif \"lo\" accept\n        ct state established,related accept\n");
     out.push_str("        icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } ip6 hoplimit 255 accept\n");
+    out.push_str("        udp sport 67 udp dport 68 accept comment \"DHCP replies\"\n        udp sport 547 udp dport 546 accept comment \"DHCPv6 replies\"\n");
     for host in &c.host_rules {
         for line in rule_lines(&host.rule, &select) {
             let _ = writeln!(
@@ -627,16 +656,13 @@ pub fn nftables_chains(c: &Compiled, origin: &str, chains: NftChains) -> String 
             );
         }
     }
-    for class in p.classes.iter().filter(|c| c.local) {
-        for family in ["v4", "v6"] {
-            let _ = writeln!(
-                out,
-                "        {} {}",
-                select(class.id, "daddr", family),
-                verdict.replace("policy", "gateway")
-            );
-        }
-    }
+    // Every unicast address of the gateway, declared or not (link-local, SLAAC, secondary):
+    // multicast and broadcast (VRRP, MLD, DHCP) stay the host's.
+    let _ = writeln!(
+        out,
+        "        fib daddr type local {}",
+        verdict.replace("policy", "gateway")
+    );
     out.push_str("    }\n}\n");
     out
 }
