@@ -931,19 +931,22 @@ impl Dataplane {
             doomed,
         )?;
         sweep::<RuleKey, RuleValue>(&mut self.ebpf, map_names::RULES, |k| k.generation, doomed)?;
-        let mut ports = self.hash_map::<PortKey, u8>(map_names::PORTS)?;
-        let keys: Vec<PortKey> = ports.keys().filter_map(Result::ok).collect();
-        for key in keys.into_iter().filter(|k| doomed(k.generation)) {
-            ports
-                .remove(&key)
-                .map_err(map_err("removing an old policy port"))?;
-        }
-        let mut ifaces = self.hash_map::<IfaceKey, IfaceValue>(map_names::IFACES)?;
-        let keys: Vec<IfaceKey> = ifaces.keys().filter_map(Result::ok).collect();
-        for key in keys.into_iter().filter(|k| doomed(k.generation)) {
-            ifaces
-                .remove(&key)
-                .map_err(map_err("removing an old interface entry"))?;
+        self.sweep_hash::<PortKey, u8>(map_names::PORTS, |k| k.generation, doomed)?;
+        self.sweep_hash::<IfaceKey, IfaceValue>(map_names::IFACES, |k| k.generation, doomed)
+    }
+
+    /// Removes the entries of the hash map `name` whose generation is doomed.
+    fn sweep_hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        generation_of: impl Fn(&K) -> u32,
+        doomed: impl Fn(u32) -> bool,
+    ) -> Result<(), DataplaneError> {
+        let mut map = self.hash_map::<K, V>(name)?;
+        let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+        for key in keys.into_iter().filter(|k| doomed(generation_of(k))) {
+            map.remove(&key)
+                .map_err(map_err(format!("removing an old entry of {name}")))?;
         }
         Ok(())
     }
@@ -1154,6 +1157,14 @@ impl Dataplane {
         PerCpuHashMap::try_from(map).map_err(map_err("drop map"))
     }
 
+    fn spoofed_map(&self) -> Result<PerCpuHashMap<&MapData, SpoofKey, Counter>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(map_names::SPOOFED)
+            .ok_or(DataplaneError::Missing("spoofed-source counters"))?;
+        PerCpuHashMap::try_from(map).map_err(map_err("spoofed-source counters"))
+    }
+
     /// One per-port drop counter summed over CPUs (zero when absent).
     pub fn drop_counter(&self, key: &DropKey) -> Result<Counter, DataplaneError> {
         let drops = self.drop_map()?;
@@ -1170,12 +1181,7 @@ impl Dataplane {
         ifindex: u32,
         verdict: Verdict,
     ) -> Result<Counter, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(map_names::SPOOFED)
-            .ok_or(DataplaneError::Missing("spoofed-source counters"))?;
-        let spoofed = PerCpuHashMap::<_, SpoofKey, Counter>::try_from(map)
-            .map_err(map_err("spoofed-source counters"))?;
+        let spoofed = self.spoofed_map()?;
         let key = SpoofKey {
             ifindex,
             verdict: verdict as u8,
@@ -1213,13 +1219,7 @@ impl Dataplane {
             let (key, values) = item.map_err(map_err("reading drop counters"))?;
             out.drops.insert(key, sum_counters(values.iter()));
         }
-        let map = self
-            .ebpf
-            .map(map_names::SPOOFED)
-            .ok_or(DataplaneError::Missing("spoofed-source counters"))?;
-        let spoofed = PerCpuHashMap::<_, SpoofKey, Counter>::try_from(map)
-            .map_err(map_err("spoofed-source counters"))?;
-        for item in spoofed.iter() {
+        for item in self.spoofed_map()?.iter() {
             let (key, values) = item.map_err(map_err("reading spoofed-source counters"))?;
             let verdict = if key.verdict == Verdict::WouldDrop as u8 {
                 Verdict::WouldDrop

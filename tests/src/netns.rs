@@ -146,16 +146,33 @@ impl Namespace {
                 let mut sent = 0;
                 for frame in frames {
                     addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-                    let n = libc::sendto(
-                        fd,
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        0,
-                        (&raw const addr).cast(),
-                        size_of::<libc::sockaddr_ll>() as u32,
-                    );
-                    let error = std::io::Error::last_os_error();
-                    assert_eq!(n, frame.len() as isize, "AF_PACKET send: {error}");
+                    let since = std::time::Instant::now();
+                    loop {
+                        let n = libc::sendto(
+                            fd,
+                            frame.as_ptr().cast(),
+                            frame.len(),
+                            0,
+                            (&raw const addr).cast(),
+                            size_of::<libc::sockaddr_ll>() as u32,
+                        );
+                        let error = std::io::Error::last_os_error();
+                        if n < 0
+                            && error.raw_os_error() == Some(libc::ENOBUFS)
+                            && since.elapsed() < std::time::Duration::from_secs(5)
+                        {
+                            // The link's queue is full: wait until the socket may send again.
+                            let mut pfd = libc::pollfd {
+                                fd,
+                                events: libc::POLLOUT,
+                                revents: 0,
+                            };
+                            libc::poll(&mut pfd, 1, 10);
+                            continue;
+                        }
+                        assert_eq!(n, frame.len() as isize, "AF_PACKET send: {error}");
+                        break;
+                    }
                     sent += 1;
                 }
                 libc::close(fd);
@@ -455,105 +472,10 @@ fn first_host(net: &ipnet::IpNet) -> String {
 impl Topology {
     /// Builds the topology; addresses are `address/prefix-length`.
     pub fn new(outside_addresses: &[&str], inside_addresses: &[&str]) -> Topology {
-        remove_stale();
-        let outside = Namespace::new("out");
-        let gateway = Namespace::new("gw");
-        let inside = Namespace::new("in");
-        for (dev, peer) in [("out0", &outside), ("in0", &inside)] {
-            gateway.ip(&[
-                "link",
-                "add",
-                dev,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                peer.name(),
-            ]);
-        }
-        let mut gateway_of: Vec<(ipnet::IpNet, String)> = Vec::new();
-        for (ns, dev, addresses) in [
-            (&outside, "out0", outside_addresses),
-            (&inside, "in0", inside_addresses),
-        ] {
-            for address in addresses {
-                let with_len: ipnet::IpNet = address
-                    .parse()
-                    .unwrap_or_else(|_| panic!("{address}: want address/length"));
-                ns.ip(&["addr", "add", address, "dev", "eth0", "nodad"]);
-                let subnet = with_len.trunc();
-                if !gateway_of.iter().any(|(s, _)| *s == subnet) {
-                    let gw = first_host(&subnet);
-                    gateway.ip(&["addr", "add", &gw, "dev", dev, "nodad"]);
-                    gateway_of.push((subnet, gw.split('/').next().unwrap().to_string()));
-                }
-            }
-        }
-        for (ns, devs) in [
-            (&outside, &["eth0"][..]),
-            (&gateway, &["out0", "in0"][..]),
-            (&inside, &["eth0"][..]),
-        ] {
-            for dev in devs {
-                ns.ip(&["link", "set", dev, "up"]);
-            }
-        }
-        let via = |addresses: &[&str], v6: bool| -> Option<String> {
-            addresses
-                .iter()
-                .map(|a| a.parse::<ipnet::IpNet>().unwrap().trunc())
-                .find(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
-                .map(|subnet| {
-                    gateway_of
-                        .iter()
-                        .find(|(s, _)| *s == subnet)
-                        .unwrap()
-                        .1
-                        .clone()
-                })
-        };
-        for inside_address in inside_addresses {
-            let subnet = inside_address.parse::<ipnet::IpNet>().unwrap().trunc();
-            let v6 = matches!(subnet, ipnet::IpNet::V6(_));
-            if let Some(hop) = via(outside_addresses, v6) {
-                let family = if v6 { "-6" } else { "-4" };
-                let _ = Command::new("ip")
-                    .args([
-                        "-n",
-                        outside.name(),
-                        family,
-                        "route",
-                        "replace",
-                        &subnet.to_string(),
-                        "via",
-                        &hop,
-                    ])
-                    .status();
-            }
-        }
-        for v6 in [false, true] {
-            if let Some(hop) = via(inside_addresses, v6) {
-                inside.ip(&[
-                    if v6 { "-6" } else { "-4" },
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &hop,
-                ]);
-            }
-        }
-        gateway.exec(&[
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-        ]);
-        // Everything else (the Internet) is reached through the outside link.
-        gateway.ip(&["-4", "route", "add", "default", "dev", "out0"]);
-        gateway.ip(&["-6", "route", "add", "default", "dev", "out0"]);
+        let Network { gateway, mut legs } =
+            Network::new(&[("out0", outside_addresses), ("in0", inside_addresses)]);
+        let (_, inside) = legs.pop().expect("the inside leg");
+        let (_, outside) = legs.pop().expect("the outside leg");
         Topology {
             outside,
             gateway,

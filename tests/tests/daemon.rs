@@ -20,7 +20,7 @@ use exfw_tests::{
         Daemon, GATEWAY_CONFIG, Scratch, exfw_binary, http_get, metric, scrape, value, wait_until,
         write_config,
     },
-    netns::{Namespace, Topology},
+    netns::{Namespace, Topology, tcp_connect},
     require_root,
 };
 use socket2::{Domain, Socket, Type};
@@ -37,14 +37,12 @@ reason = "test: temporary remote desktop"
 
 fn connects(outside: &Namespace, port: u16) -> bool {
     let dst: SocketAddr = format!("192.0.2.2:{port}").parse().unwrap();
-    outside.run(|| {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        match socket.connect_timeout(&dst.into(), Duration::from_millis(800)) {
-            Ok(()) => true,
-            Err(e) if e.kind() == ErrorKind::TimedOut => false,
-            Err(e) => panic!("connect {dst}: {e}"),
-        }
-    })
+    // Long enough for a SYN the kernel retransmits after a lost first one.
+    match tcp_connect(outside, None, dst, Duration::from_millis(1500)) {
+        Ok(_) => true,
+        Err(ErrorKind::TimedOut) => false,
+        Err(e) => panic!("connect {dst}: {e}"),
+    }
 }
 
 fn pinned_link(pins: &Path, iface: &str) -> (u64, u64) {

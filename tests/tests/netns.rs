@@ -182,33 +182,7 @@ impl Lab {
 
     /// Sends a raw frame out of the outside namespace's eth0.
     fn inject(&self, frame: &[u8]) {
-        self.net.outside.run(|| {
-            // SAFETY: plain socket calls on a fresh AF_PACKET socket with a zeroed sockaddr_ll.
-            unsafe {
-                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-                assert!(
-                    fd >= 0,
-                    "AF_PACKET socket: {}",
-                    std::io::Error::last_os_error()
-                );
-                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-                addr.sll_family = libc::AF_PACKET as u16;
-                addr.sll_ifindex = libc::if_nametoindex(c"eth0".as_ptr()) as i32;
-                addr.sll_halen = 6;
-                addr.sll_addr[..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
-                let sent = libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    size_of::<libc::sockaddr_ll>() as u32,
-                );
-                let error = std::io::Error::last_os_error();
-                libc::close(fd);
-                assert_eq!(sent, frame.len() as isize, "AF_PACKET send: {error}");
-            }
-        })
+        self.net.outside.inject("eth0", frame);
     }
 
     /// Polls until `condition` holds or a deadline passes.
