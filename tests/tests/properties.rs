@@ -41,7 +41,7 @@ proptest! {
             if a.is_ipv6() != b.is_ipv6() { continue; }
             let number = *[proto::TCP, proto::UDP, if a.is_ipv6() { proto::ICMPV6 } else { proto::ICMP }, 47].choose(&mut rng).unwrap();
             let port: u16 = rng.random();
-            if number == proto::ICMPV6 && (133..=137).contains(&port) {
+            if number == proto::ICMPV6 && (133..=137).contains(&(port as u8)) {
                 // Neighbour discovery is judged as on-link traffic before anything else.
                 continue;
             }
