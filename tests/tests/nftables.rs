@@ -227,6 +227,33 @@ fn nftables_export_and_xdp_match_simulate_on_real_connections() {
         "the exported input chain disagrees with the gateway rows of exfw explain:\n{}",
         host.join("\n")
     );
+    // ... and ping from the administrators' network, nobody else's.
+    let pings = |src: &str| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                net.outside.name(),
+                "busybox",
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-I",
+                src,
+                "192.0.2.1",
+            ])
+            .output()
+            .expect("busybox ping (cargo xtask setup installs busybox-static)")
+            .status
+            .success()
+    };
+    assert!(
+        pings("198.51.100.250"),
+        "the management source cannot ping the gateway"
+    );
+    assert!(!pings("198.51.100.7"), "a client pinged the gateway");
     net.gateway
         .exec(&["nft", "delete", "table", "inet", "exfw"]);
 
