@@ -142,8 +142,10 @@ fn reload(shared: &Shared, options: &RunOptions, running: &mut Config, why: &str
     ]);
     let result = load_config(&options.config).and_then(|(config, compiled)| {
         check_interfaces(&config, &options.config)?;
-        if config.limits.flow_entries != running.limits.flow_entries {
-            warn!("flow_entries changed: the pinned flow table keeps its size until `exfw detach` and a restart");
+        if config.limits.flow_entries != running.limits.flow_entries
+            || config.limits.pending_entries != running.limits.pending_entries
+        {
+            warn!("flow_entries or pending_entries changed: the pinned connection tables keep their sizes until `exfw detach` and a restart");
         }
         if config.metrics_listen != running.metrics_listen {
             warn!("metrics listen address changed: it takes effect at the next restart");
@@ -236,6 +238,7 @@ async fn run_async(options: RunOptions) -> Result<()> {
     check_interfaces(&config, &options.config)?;
     let dataplane = Dataplane::load(LoadOptions {
         flow_entries: config.limits.flow_entries,
+        pending_entries: config.limits.pending_entries,
         pin_dir: Some(options.pin_dir.clone()),
         ..Default::default()
     })?;
