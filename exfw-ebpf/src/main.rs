@@ -367,7 +367,8 @@ fn parse_ipv4(
         return Err(Reason::Ipv4BadLength);
     }
     if hlen > 20 {
-        check_ipv4_options(raw, l3 + 20, l3 + hlen)?;
+        pkt.l4 = l3 + hlen;
+        check_ipv4_options(raw, pkt, l3 + 20)?;
     }
     pkt.family = family::V4;
     pkt.proto = h[9];
@@ -387,12 +388,19 @@ fn parse_ipv4(
     Ok((l3 + hlen, l3 + total))
 }
 
-/// Walks the IPv4 options in `[start, end)`: source routes and malformed lengths drop, and so
-/// does a header with more options than `limits::MAX_IPV4_OPTIONS`. A subprogram of its own,
-/// so the verifier walks its loop once per call rather than once per path through the parser.
+/// Walks the IPv4 options from `start` to the header's end (`pkt.l4`): source routes and
+/// malformed lengths drop, and so does a header with more options than
+/// `limits::MAX_IPV4_OPTIONS`. A subprogram of its own, so the verifier walks its loop once per
+/// call rather than once per path through the parser.
 #[inline(never)]
-fn check_ipv4_options(raw: *mut xdp_md, start: usize, end: usize) -> Result<(), Reason> {
+fn check_ipv4_options(raw: *mut xdp_md, pkt: &Packet, start: usize) -> Result<(), Reason> {
     let ctx = &Frame::of(raw);
+    // The header's end is read back from the scratch map, not passed in a register: the
+    // verifier then knows only its range, not that it is a multiple of four plus the L2
+    // length. With that knowledge 6.12's verifier follows the impossible branches of the
+    // byte-wise walk below (an end of 43, say) with corrupted bounds and rejects the program.
+    // SAFETY: a field of the per-CPU scratch value; volatile keeps the load.
+    let end = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(pkt.l4)) };
     // Offsets of one header: the verifier needs them bounded.
     if end > 512 {
         return Err(Reason::Ipv4BadOptions);
