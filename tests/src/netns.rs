@@ -131,18 +131,11 @@ impl Namespace {
     ) -> usize {
         let dev = std::ffi::CString::new(dev).unwrap();
         self.run(|| {
-            // SAFETY: plain socket calls on a fresh AF_PACKET socket with a zeroed sockaddr_ll.
+            let (socket, mut addr) = packet_socket(&dev, 0);
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+            addr.sll_halen = 6;
+            // SAFETY: sends from buffers we own on a descriptor we own.
             unsafe {
-                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-                assert!(
-                    fd >= 0,
-                    "AF_PACKET socket: {}",
-                    std::io::Error::last_os_error()
-                );
-                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-                addr.sll_family = libc::AF_PACKET as u16;
-                addr.sll_ifindex = libc::if_nametoindex(dev.as_ptr()) as i32;
-                addr.sll_halen = 6;
                 let mut sent = 0;
                 for frame in frames {
                     addr.sll_addr[..6].copy_from_slice(&frame[..6]);
@@ -175,7 +168,6 @@ impl Namespace {
                     }
                     sent += 1;
                 }
-                libc::close(fd);
                 sent
             }
         })
@@ -197,6 +189,25 @@ impl Namespace {
     }
 }
 
+/// A fresh AF_PACKET socket for `protocol` (network byte order) and an address naming `dev`.
+fn packet_socket(dev: &std::ffi::CStr, protocol: u16) -> (std::os::fd::OwnedFd, libc::sockaddr_ll) {
+    // SAFETY: plain socket calls; the descriptor is owned by the returned OwnedFd, and a zeroed
+    // sockaddr_ll is a valid value.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol));
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = protocol;
+        addr.sll_ifindex = libc::if_nametoindex(dev.as_ptr()) as i32;
+        (std::os::fd::FromRawFd::from_raw_fd(fd), addr)
+    }
+}
+
 /// A raw socket on one link of a namespace: what crossed the link, whoever it was for.
 pub struct Sniffer {
     fd: std::os::fd::OwnedFd,
@@ -207,19 +218,10 @@ impl Namespace {
     pub fn sniffer(&self, dev: &str) -> Sniffer {
         let dev = std::ffi::CString::new(dev).unwrap();
         self.run(|| {
-            let all = (libc::ETH_P_ALL as u16).to_be();
-            // SAFETY: a fresh AF_PACKET socket bound to one interface; the fd is owned below.
+            let (socket, addr) = packet_socket(&dev, (libc::ETH_P_ALL as u16).to_be());
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+            // SAFETY: binds and configures a descriptor we own, from values we own.
             unsafe {
-                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all));
-                assert!(
-                    fd >= 0,
-                    "AF_PACKET socket: {}",
-                    std::io::Error::last_os_error()
-                );
-                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-                addr.sll_family = libc::AF_PACKET as u16;
-                addr.sll_protocol = all;
-                addr.sll_ifindex = libc::if_nametoindex(dev.as_ptr()) as i32;
                 let rc = libc::bind(
                     fd,
                     (&raw const addr).cast(),
@@ -237,10 +239,8 @@ impl Namespace {
                     (&raw const timeout).cast(),
                     size_of::<libc::timeval>() as u32,
                 );
-                Sniffer {
-                    fd: std::os::fd::FromRawFd::from_raw_fd(fd),
-                }
             }
+            Sniffer { fd: socket }
         })
     }
 }
