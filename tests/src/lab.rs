@@ -216,18 +216,7 @@ impl Lab {
                 vec!["198.51.100.1/24"],
             ),
         ] {
-            self.gw.ip(&[
-                "link",
-                "add",
-                dev,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ]);
+            self.gw.veth_to(dev, ns);
             for a in &addresses {
                 ns.ip(&["addr", "add", a, "dev", "eth0", "nodad"]);
             }
@@ -261,18 +250,7 @@ impl Lab {
             (&self.dc, "dc0", DC, None),
             (&self.dns, "dns0", DNS, None),
         ] {
-            self.gw.ip(&[
-                "link",
-                "add",
-                dev,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ]);
+            self.gw.veth_to(dev, ns);
             ns.ip(&["addr", "add", &format!("{address}/32"), "dev", "eth0"]);
             self.gw.ip(&["addr", "add", "192.0.2.1/32", "dev", dev]);
             ns.ip(&["link", "set", "eth0", "up"]);

@@ -57,6 +57,13 @@ impl Namespace {
         &self.name
     }
 
+    /// Creates the veth pair `link` here and `eth0` in `peer`.
+    pub fn veth_to(&self, link: &str, peer: &Namespace) {
+        self.ip(&[
+            "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
+        ]);
+    }
+
     /// `ip -n NAME ARGS...`.
     pub fn ip(&self, args: &[&str]) -> String {
         let mut all = vec!["ip", "-n", &self.name];
@@ -336,18 +343,7 @@ impl Network {
         let mut gateway_of: Vec<(ipnet::IpNet, String)> = Vec::new();
         for (link, addresses) in legs {
             let ns = Namespace::new(link);
-            gateway.ip(&[
-                "link",
-                "add",
-                link,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ]);
+            gateway.veth_to(link, &ns);
             for address in *addresses {
                 let with_len: ipnet::IpNet = address
                     .parse()

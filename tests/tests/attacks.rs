@@ -440,18 +440,7 @@ fn forged_packet_too_big_drops_while_a_real_one_for_a_live_connection_passes() {
     // A router on the Internet side with a 1280-byte link to a far client.
     let router = org.leg("inet0");
     let far = Namespace::new("far");
-    router.ip(&[
-        "link",
-        "add",
-        "far0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        far.name(),
-    ]);
+    router.veth_to("far0", &far);
     router.ip(&["link", "set", "far0", "mtu", "1280", "up"]);
     router.ip(&[
         "-6",
