@@ -142,6 +142,10 @@ pub mod config {
     pub const TCP_FIN_TIMEOUT_NS: u32 = 11;
     /// Lifetime of a TCP connection after a RST, nanoseconds.
     pub const TCP_RST_TIMEOUT_NS: u32 = 12;
+    /// 1 when the kernel's `bpf_fib_lookup` names the route's interface also when the next hop
+    /// has no neighbour entry (Linux 6.2, 6.1.13, 5.15.95, 5.10.169 and later); 0 makes such an
+    /// answer fail the reverse-path check. Written by the loader from the kernel release.
+    pub const FIB_NO_NEIGH_NAMES_IFINDEX: u32 = 13;
     /// Number of slots.
     pub const SLOTS: u32 = 16;
 }

@@ -236,6 +236,52 @@ fn check_kernel() -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// The kernel's version as its stable series numbers it: Debian and Ubuntu keep the patch level
+/// out of the release string ("6.1.0-50-cloud-amd64" is 6.1.158), so their own records come first.
+pub fn kernel_version() -> Option<(u32, u32, u32)> {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    // Ubuntu: "Ubuntu 5.15.0-91.101-generic 5.15.131".
+    let ubuntu = read("/proc/version_signature");
+    if let Some(v) = ubuntu.split_whitespace().last().and_then(parse_version) {
+        return Some(v);
+    }
+    // Debian: "#1 SMP PREEMPT_DYNAMIC Debian 6.1.158-1 (2025-11-09)".
+    let version = read("/proc/sys/kernel/version");
+    let mut words = version.split_whitespace();
+    if words.any(|w| w == "Debian")
+        && let Some(v) = words.next().and_then(parse_version)
+    {
+        return Some(v);
+    }
+    parse_version(read("/proc/sys/kernel/osrelease").trim())
+}
+
+/// "6.1.158-1", "5.10.0-32-amd64", "6.18" as (major, minor, patch).
+pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let mut numbers = text
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    let major = numbers.next()??;
+    let minor = numbers.next()??;
+    let patch = numbers.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// Whether `bpf_fib_lookup` on this kernel names the route's interface also when the next hop
+/// has no neighbour entry: the fix ("bpf: Always return target ifindex in bpf_fib_lookup") is in
+/// Linux 6.2 and the stable releases 6.1.13, 5.15.95 and 5.10.169. Before it, the reverse-path
+/// check cannot tell where such a route leaves, and fails closed.
+pub fn fib_names_ifindex_without_neighbour(version: (u32, u32, u32)) -> bool {
+    match version {
+        (major, _, _) if major > 6 => true,
+        (6, minor, _) if minor >= 2 => true,
+        (6, 1, patch) => patch >= 13,
+        (5, 15, patch) => patch >= 95,
+        (5, 10, patch) => patch >= 169,
+        _ => false,
+    }
+}
+
 /// Whether a daemon holds the pin directory now.
 pub fn daemon_running(dir: &Path) -> bool {
     let Ok(file) = File::open(dir) else {
@@ -634,6 +680,15 @@ impl Dataplane {
             pins,
         };
         dataplane.generation = dataplane.config_slot(config::GENERATION)? as u32;
+        let names_ifindex = kernel_version().is_some_and(fib_names_ifindex_without_neighbour);
+        dataplane
+            .config()?
+            .set(
+                config::FIB_NO_NEIGH_NAMES_IFINDEX,
+                u64::from(names_ifindex),
+                0,
+            )
+            .map_err(map_err("writing the route lookup's behaviour"))?;
         if dataplane.generation == 0 {
             dataplane.set_event_rate(100, 100)?;
         }
@@ -1306,6 +1361,33 @@ fn sum_counters<'a>(values: impl Iterator<Item = &'a Counter>) -> Counter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernels_with_the_lookup_fix_are_told_apart_from_those_without() {
+        for (text, fixed) in [
+            ("6.18.44-fc-v782", true),
+            ("6.2.0", true),
+            ("6.1.158-1", true),
+            ("6.1.12", false),
+            ("6.1.0-50-cloud-amd64", false),
+            ("5.15.131", true),
+            ("5.15.94", false),
+            ("5.10.223-1", true),
+            ("5.10.168", false),
+            ("5.14.0-427.el9.x86_64", false),
+            ("6.0.19", false),
+            ("7.0", true),
+        ] {
+            let version = parse_version(text).expect(text);
+            assert_eq!(
+                fib_names_ifindex_without_neighbour(version),
+                fixed,
+                "{text}"
+            );
+        }
+        assert_eq!(parse_version("garbage"), None);
+        assert_eq!(parse_version("6"), None);
+    }
 
     #[test]
     fn port_prefixes_cover_exactly_the_range() {

@@ -71,6 +71,9 @@ fn load_config(path: &Path) -> Result<(Config, Compiled)> {
 }
 
 fn check_interfaces(config: &Config, path: &Path) -> Result<()> {
+    if config.interfaces.iter().any(|i| i.reverse_path) {
+        warn_without_lookup_fix();
+    }
     for iface in &config.interfaces {
         if crate::dataplane::ifindex_of(&iface.name).is_none() {
             bail!(
@@ -84,6 +87,19 @@ fn check_interfaces(config: &Config, path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Kernels without "bpf: Always return target ifindex in bpf_fib_lookup" cannot say where a
+/// route leaves when its next hop has no neighbour entry: exfw drops such sources as spoofed.
+fn warn_without_lookup_fix() {
+    let version = crate::dataplane::kernel_version();
+    if !version.is_some_and(crate::dataplane::fib_names_ifindex_without_neighbour) {
+        let version = version.map_or("unknown".to_string(), |(a, b, c)| format!("{a}.{b}.{c}"));
+        warn!(
+            kernel = %version,
+            "this kernel ({version}) does not name the route's interface when the next hop has no neighbour entry (fixed in Linux 6.2, 6.1.13, 5.15.95 and 5.10.169): the reverse-path check drops such sources as spoofed_source rather than guess; hosts the gateway has never exchanged ARP or neighbour discovery with can lose their first packets. Upgrade the kernel, or set reverse_path = \"off\" where that is not acceptable"
+        );
+    }
 }
 
 /// The reverse-path check asks the kernel's forwarding lookup, which refuses on an interface

@@ -826,7 +826,12 @@ fn route_leaves_via(raw: *mut xdp_md, q: &mut FibParams, ifindex: u32) -> bool {
         // SAFETY: as above.
         rc = unsafe { bpf_fib_lookup(raw as *mut _, q, size, 0) };
     }
-    (rc == FIB_SUCCESS || rc == FIB_NO_NEIGH) && q.ifindex == ifindex
+    // Kernels before "bpf: Always return target ifindex in bpf_fib_lookup" leave the query's
+    // interface (the ingress) in place when the next hop has no neighbour entry: that answer
+    // would pass any source, so there it fails the check.
+    let named = rc == FIB_SUCCESS
+        || (rc == FIB_NO_NEIGH && config_get(config::FIB_NO_NEIGH_NAMES_IFINDEX) != 0);
+    named && q.ifindex == ifindex
 }
 
 /// Which way a packet travels in a connection `opener` started.
