@@ -196,22 +196,28 @@ impl Namespace {
     }
 }
 
-/// A fresh AF_PACKET socket for `protocol` (network byte order) and an address naming `dev`.
+/// A fresh AF_PACKET socket and an address naming `dev` and `protocol` (network byte order). The
+/// socket receives nothing until it is bound to that address, so a sniffer sees only its link.
 fn packet_socket(dev: &std::ffi::CStr, protocol: u16) -> (std::os::fd::OwnedFd, libc::sockaddr_ll) {
     // SAFETY: plain socket calls; the descriptor is owned by the returned OwnedFd, and a zeroed
     // sockaddr_ll is a valid value.
     unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol));
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
         assert!(
             fd >= 0,
             "AF_PACKET socket: {}",
             std::io::Error::last_os_error()
         );
+        let socket = std::os::fd::FromRawFd::from_raw_fd(fd);
         let mut addr: libc::sockaddr_ll = std::mem::zeroed();
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_protocol = protocol;
         addr.sll_ifindex = libc::if_nametoindex(dev.as_ptr()) as i32;
-        (std::os::fd::FromRawFd::from_raw_fd(fd), addr)
+        assert!(
+            addr.sll_ifindex > 0,
+            "no interface {dev:?} in this namespace"
+        );
+        (socket, addr)
     }
 }
 
