@@ -31,6 +31,14 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// True for the commands that print and end (everything but `run`): a closed pipe on their
+    /// output (`exfw explain FILE | head -1`) should end them quietly, as it does `cat`.
+    pub fn prints_and_ends(&self) -> bool {
+        !matches!(self.command, Command::Run { .. })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the firewall: compile the config, load or adopt the pinned state, attach to the

@@ -804,6 +804,21 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
         &lync_servers,
         &protected_networks,
     );
+    // A config that protects nothing or names no link is most likely cut short (a partial copy,
+    // an editor's half-saved file): refusing it keeps the policy in force.
+    let end = c.text.trim_end().len();
+    if interfaces.is_empty() {
+        c.error(
+            end..end,
+            "the config names no [[interface]], so exfw would filter nothing (a file cut short looks like this too): add an [[interface]] for each link the servers' traffic crosses",
+        );
+    }
+    if servers.is_empty() && domain_controllers.is_empty() && protected_networks.is_empty() {
+        c.error(
+            end..end,
+            "the config names no [[server]], [[domain_controller]] or [[protected_network]], so exfw would protect nothing (a file cut short looks like this too): describe the hosts it protects",
+        );
+    }
     let defaults = Limits::default();
     let limits = Limits {
         flow_entries: c.entries(

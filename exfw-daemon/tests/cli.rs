@@ -482,3 +482,46 @@ fn help_lists_every_subcommand_with_examples() {
         );
     }
 }
+
+/// A closed pipe on the output ends a printing command quietly (`exfw explain FILE | head -1`),
+/// by SIGPIPE as it ends `cat`, not with a panic.
+#[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let example = root().join("examples/exchange2016-edge.toml");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_exfw"))
+        .args(["explain", example.to_str().unwrap()])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run exfw");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// A config cut short (a partial copy, a half-saved file) names no interface or no protected
+/// host: `check` refuses it at its end instead of calling it valid.
+#[test]
+fn a_config_cut_short_is_refused() {
+    let dir = std::env::temp_dir().join(format!("exfw-cli-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let example = std::fs::read_to_string(root().join("examples/exchange2016-edge.toml")).unwrap();
+    let path = dir.join("cut.toml");
+    let cut: String = example.lines().take(9).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, &cut).unwrap();
+    let (code, stdout, stderr) = exfw(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "a cut config passed: {stdout}");
+    let last_line = format!("{}:9:", path.display());
+    for message in ["names no [[interface]]", "names no [[server]]"] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&last_line) && l.contains(message)),
+            "no `{message}` at line 9 in:\n{stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -232,7 +232,7 @@ fn large_config(servers: u32, networks: u32) -> String {
         .map(|i| format!("\"10.200.{}.{}/30\"", i / 64, (i % 64) * 4))
         .collect();
     text.push_str(&nets.join(", "));
-    text.push_str("]\n");
+    text.push_str("]\n\n[[interface]]\nname = \"lo\"\n");
     text
 }
 
