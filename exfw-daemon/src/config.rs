@@ -940,6 +940,14 @@ fn validate_interface(c: &mut Checker, i: &RawInterface) -> Interface {
             true
         }
     };
+    if reverse_path && name == "lo" {
+        // Loopback traffic is the host's own: the route back to 127.0.0.1 is local, never out
+        // of lo, so a strict check would drop all of it (scrapes of /metrics included).
+        c.error(
+            i.name.span(),
+            "interface `lo` carries the host's own traffic, which the reverse-path check cannot validate (the route back is local): set reverse_path = \"off\" for lo, or leave lo out",
+        );
+    }
     let accepts = i.accepts.as_ref().map(|list| {
         if list.get_ref().is_empty() {
             c.error(list.span(), format!("interface `{name}`: accepts is empty, so every packet arriving there would drop; list the groups that live behind it (for example [\"external\"] or [\"mailbox\", \"dc\"]), or remove the key to accept every group"));

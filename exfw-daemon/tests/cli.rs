@@ -525,3 +525,12 @@ fn a_config_cut_short_is_refused() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn loopback_with_the_reverse_path_check_is_refused() {
+    rejects(
+        "lo-with-reverse-path.toml",
+        "\"lo\"",
+        "interface `lo` carries the host's own traffic",
+    );
+}

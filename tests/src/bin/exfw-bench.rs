@@ -232,7 +232,10 @@ fn large_config(servers: u32, networks: u32) -> String {
         .map(|i| format!("\"10.200.{}.{}/30\"", i / 64, (i % 64) * 4))
         .collect();
     text.push_str(&nets.join(", "));
-    text.push_str("]\n\n[[interface]]\nname = \"lo\"\n");
+    // The daemon attaches to loopback, where its own scrapes arrive: no route to check there.
+    text.push_str(
+        "]\n\n[[interface]]\nname = \"lo\"\nreverse_path = \"off\"\naccepts = [\"mailbox\", \"dc\", \"clients\", \"external\"]\n",
+    );
     text
 }
 
