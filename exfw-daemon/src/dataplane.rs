@@ -625,7 +625,18 @@ impl Dataplane {
     /// the policy in force survive) or creates and pins them.
     pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
         let pins = options.pin_dir.as_deref().map(Pins::acquire).transpose()?;
-        Self::load_with(&options, pins)
+        let mut dataplane = Self::load_with(&options, pins)?;
+        // Written by the loader only: `exfw status` opens the same maps and changes nothing.
+        let names_ifindex = kernel_version().is_some_and(fib_names_ifindex_without_neighbour);
+        dataplane
+            .config()?
+            .set(
+                config::FIB_NO_NEIGH_NAMES_IFINDEX,
+                u64::from(names_ifindex),
+                0,
+            )
+            .map_err(map_err("writing the route lookup's behaviour"))?;
+        Ok(dataplane)
     }
 
     /// Opens the state a daemon pinned at `dir`, without the lock and without attaching:
@@ -680,15 +691,6 @@ impl Dataplane {
             pins,
         };
         dataplane.generation = dataplane.config_slot(config::GENERATION)? as u32;
-        let names_ifindex = kernel_version().is_some_and(fib_names_ifindex_without_neighbour);
-        dataplane
-            .config()?
-            .set(
-                config::FIB_NO_NEIGH_NAMES_IFINDEX,
-                u64::from(names_ifindex),
-                0,
-            )
-            .map_err(map_err("writing the route lookup's behaviour"))?;
         if dataplane.generation == 0 {
             dataplane.set_event_rate(100, 100)?;
         }
@@ -1204,20 +1206,22 @@ impl Dataplane {
             }))
     }
 
+    /// A per-CPU counter map by name; `what` names it in errors.
+    fn counter_map<K: aya::Pod>(
+        &self,
+        name: &'static str,
+        what: &'static str,
+    ) -> Result<PerCpuHashMap<&MapData, K, Counter>, DataplaneError> {
+        let map = self.ebpf.map(name).ok_or(DataplaneError::Missing(what))?;
+        PerCpuHashMap::try_from(map).map_err(map_err(what))
+    }
+
     fn drop_map(&self) -> Result<PerCpuHashMap<&MapData, DropKey, Counter>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(map_names::DROP_STATS)
-            .ok_or(DataplaneError::Missing("drop map"))?;
-        PerCpuHashMap::try_from(map).map_err(map_err("drop map"))
+        self.counter_map(map_names::DROP_STATS, "drop map")
     }
 
     fn spoofed_map(&self) -> Result<PerCpuHashMap<&MapData, SpoofKey, Counter>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(map_names::SPOOFED)
-            .ok_or(DataplaneError::Missing("spoofed-source counters"))?;
-        PerCpuHashMap::try_from(map).map_err(map_err("spoofed-source counters"))
+        self.counter_map(map_names::SPOOFED, "spoofed-source counters")
     }
 
     /// One per-port drop counter summed over CPUs (zero when absent).
