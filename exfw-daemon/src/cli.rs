@@ -67,12 +67,17 @@ enum Command {
         #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
         format: StatusFormat,
     },
-    /// Remove exfw from every interface and delete its pinned maps (stop the daemon first).
-    #[command(after_help = "Examples:\n  systemctl stop exfw && exfw detach")]
+    /// Remove exfw from the named interfaces (the daemon may run), or, with no name, from every
+    /// interface, deleting its pinned maps too (stop the daemon first).
+    #[command(
+        after_help = "Examples:\n  exfw detach eth2                    # then remove eth2's [[interface]] and reload\n  systemctl stop exfw && exfw detach  # everything\n\nA reload never detaches an interface by itself: a config that no longer names one is\nrefused until `exfw detach IFACE` removes it explicitly. A running daemon leaves an\ninterface detached this way alone until its next reload."
+    )]
     Detach {
         /// Where maps and links are pinned.
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Only these interfaces.
+        interfaces: Vec<String>,
     },
     /// Validate a config and summarise it; exit 1 with every error (file:line:column) if invalid.
     #[command(
@@ -543,7 +548,33 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Status { pin_dir, format } => status(&pin_dir, format),
-        Command::Detach { pin_dir } => {
+        Command::Detach {
+            pin_dir,
+            interfaces,
+        } if !interfaces.is_empty() => {
+            for iface in &interfaces {
+                if !dataplane::remove_pinned_link(&pin_dir, iface)? {
+                    bail!(
+                        "exfw is not attached to {iface} (no pinned link under {}); attached: {}",
+                        pin_dir.display(),
+                        dataplane::pinned_links(&pin_dir)
+                            .into_iter()
+                            .map(|(i, _)| i)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                println!("exfw detached from {iface}");
+            }
+            if dataplane::daemon_running(&pin_dir) {
+                println!(
+                    "the daemon leaves {} alone until its next reload: remove the [[interface]] entries and reload (systemctl reload exfw), or it attaches again",
+                    interfaces.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Detach { pin_dir, .. } => {
             let detached = dataplane::remove_pinned(&pin_dir)?;
             println!(
                 "exfw detached from {}; pinned maps removed from {}",

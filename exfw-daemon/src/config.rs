@@ -26,6 +26,16 @@ const CLIENT_NETWORK: &str = "client network";
 /// The longest lifetime a `[limits]` key may give, in seconds.
 const MAX_LIFETIME_SECONDS: i64 = 7 * 24 * 3600;
 
+/// The largest config file exfw reads: ten times what 100,000 servers take, small enough that
+/// a wrong path (a log, a disk image) fails at once instead of exhausting memory.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024 * 1024;
+
+/// The longest name a server, host, network or allow entry may have.
+const MAX_NAME_LENGTH: usize = 63;
+
+/// The share of protected addresses a reload may remove unless the config raises it.
+pub const DEFAULT_MAX_PROTECTED_REMOVAL_PERCENT: u8 = 50;
+
 /// The default metrics address.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9720";
 
@@ -133,6 +143,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    reload: RawReload,
 }
 
 #[derive(Deserialize)]
@@ -236,6 +248,12 @@ struct RawLimits {
     pending_seconds: Option<Spanned<i64>>,
     tcp_fin_seconds: Option<Spanned<i64>>,
     tcp_rst_seconds: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    max_protected_removal_percent: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -385,6 +403,22 @@ impl Default for Limits {
     }
 }
 
+/// What a reload may take away before the daemon refuses it as an accident.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReloadLimits {
+    /// The largest share (percent) of the running config's protected addresses a reload may
+    /// remove; 100 allows any.
+    pub max_protected_removal_percent: u8,
+}
+
+impl Default for ReloadLimits {
+    fn default() -> Self {
+        ReloadLimits {
+            max_protected_removal_percent: DEFAULT_MAX_PROTECTED_REMOVAL_PERCENT,
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -416,8 +450,29 @@ pub struct Config {
     pub limits: Limits,
     /// Metrics listen address.
     pub metrics_listen: SocketAddr,
+    /// How much protection one reload may remove without being refused.
+    pub reload: ReloadLimits,
     /// What `exfw check` and `exfw run` warn about: valid, but probably not what was meant.
     pub warnings: Vec<ConfigError>,
+}
+
+impl Config {
+    /// Every address exfw protects: servers, domain controllers, Lync/Skype servers and
+    /// protected networks (what a reload must not lose by accident).
+    pub fn protected_addresses(&self) -> BTreeSet<IpNet> {
+        let hosts = self
+            .domain_controllers
+            .iter()
+            .chain(&self.lync_servers)
+            .chain(&self.protected_networks)
+            .flat_map(|h| h.addresses.iter());
+        self.servers
+            .iter()
+            .flat_map(|s| s.addresses.iter())
+            .chain(hosts)
+            .copied()
+            .collect()
+    }
 }
 
 // ---- Validation ----------------------------------------------------------------------------
@@ -448,6 +503,20 @@ impl Checker<'_> {
     fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
         let w = self.located(span, message);
         self.warnings.push(w);
+    }
+
+    /// Refuses a name outside the safe set: names end up in logs, metric labels and the
+    /// exported nftables ruleset, where a quote or a newline would change its meaning.
+    fn name(&mut self, value: &Spanned<String>, what: &str) {
+        let name = value.get_ref();
+        if !is_safe_name(name) {
+            self.error(
+                value.span(),
+                format!(
+                    "{what} name {name:?} is not allowed: use 1 to {MAX_NAME_LENGTH} letters, digits, '.', '_' or '-', starting with a letter or digit"
+                ),
+            );
+        }
     }
 
     fn prefix(&mut self, value: &Spanned<String>, what: &str) -> Option<IpNet> {
@@ -511,6 +580,19 @@ impl Checker<'_> {
     }
 }
 
+/// Whether `name` is 1 to 63 ASCII letters, digits, '.', '_' or '-', starting with a letter or
+/// digit: safe in logs, labels and nftables comments without quoting.
+pub fn is_safe_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_LENGTH
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -527,22 +609,62 @@ fn parse_prefix(text: &str) -> Option<IpNet> {
     (net.trunc() == net).then_some(net)
 }
 
-/// Reads and validates a config file.
+/// Reads and validates a config file: a regular file, not writable by every user, at most
+/// [`MAX_CONFIG_BYTES`] long.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read_config_file(path).map_err(|message| {
         ConfigErrors(vec![ConfigError {
             file: file.clone(),
             line: 0,
             column: 0,
-            message: format!("cannot read the config file: {e}"),
+            message,
         }])
     })?;
     parse(&text, &file)
 }
 
+/// The text of the config file, or what is wrong with the file itself.
+fn read_config_file(path: &Path) -> Result<String, String> {
+    use std::{io::Read, os::unix::fs::PermissionsExt};
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read the config file: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read the config file: {e}"))?;
+    if !meta.is_file() {
+        return Err(
+            "the config path is not a regular file (a directory?): point exfw at the TOML file"
+                .into(),
+        );
+    }
+    if meta.permissions().mode() & 0o002 != 0 {
+        return Err(format!(
+            "the config file is writable by every user (mode {:o}), so anyone on this host could change the firewall: chmod o-w {}",
+            meta.permissions().mode() & 0o7777,
+            path.display()
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read the config file: {e}"))?;
+    Ok(text)
+}
+
 /// Parses and validates config text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            line: 0,
+            column: 0,
+            message: format!(
+                "the config is {} bytes, more than the {MAX_CONFIG_BYTES} exfw reads: is this the right file?",
+                text.len()
+            ),
+        }]));
+    }
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map_or((0, 0), |s| line_column(text, s.start));
         ConfigErrors(vec![ConfigError {
@@ -600,6 +722,7 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
     let mut names: BTreeMap<String, ()> = BTreeMap::new();
     let mut servers = Vec::new();
     for s in &raw.servers {
+        c.name(&s.name, "server");
         if names.insert(s.name.get_ref().to_lowercase(), ()).is_some() {
             c.error(
                 s.name.span(),
@@ -680,9 +803,19 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
     }
     let mut hosts = |list: &[RawHost], kind: &str, protected: bool, c: &mut Checker| -> Vec<Host> {
         list.iter()
-            .map(|h| Host {
-                name: h.name.get_ref().clone(),
-                addresses: host_addresses(c, &h.name, &h.addresses, kind, &mut owners, protected),
+            .map(|h| {
+                c.name(&h.name, kind);
+                Host {
+                    name: h.name.get_ref().clone(),
+                    addresses: host_addresses(
+                        c,
+                        &h.name,
+                        &h.addresses,
+                        kind,
+                        &mut owners,
+                        protected,
+                    ),
+                }
             })
             .collect()
     };
@@ -760,6 +893,7 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
         .protected_networks
         .iter()
         .map(|n| {
+            c.name(&n.name, "protected network");
             let mut scratch = Vec::new();
             let addresses = host_addresses(c, &n.name, &n.addresses, "protected network", &mut scratch, true);
             for (net, owner, _, span) in scratch {
@@ -880,6 +1014,22 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
             DEFAULT_METRICS_LISTEN.parse().unwrap()
         }),
     };
+    let reload = ReloadLimits {
+        max_protected_removal_percent: match &raw.reload.max_protected_removal_percent {
+            None => DEFAULT_MAX_PROTECTED_REMOVAL_PERCENT,
+            Some(v) if (0..=100).contains(v.get_ref()) => *v.get_ref() as u8,
+            Some(v) => {
+                c.error(
+                    v.span(),
+                    format!(
+                        "max_protected_removal_percent = {} is out of range: use 0 to 100 (percent of the protected addresses one reload may remove)",
+                        v.get_ref()
+                    ),
+                );
+                DEFAULT_MAX_PROTECTED_REMOVAL_PERCENT
+            }
+        },
+    };
     Config {
         mode,
         organization,
@@ -895,6 +1045,7 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
         interfaces,
         limits,
         metrics_listen,
+        reload,
         warnings: Vec::new(),
     }
 }
@@ -902,14 +1053,10 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
 /// The name, attach mode, accepted groups and reverse-path mode of one `[[interface]]`.
 fn validate_interface(c: &mut Checker, i: &RawInterface) -> Interface {
     let name = i.name.get_ref().clone();
-    if name.is_empty()
-        || name.len() > 15
-        || name.contains('/')
-        || name.contains(char::is_whitespace)
-    {
+    if name.len() > 15 || !is_safe_name(&name) {
         c.error(
             i.name.span(),
-            format!("`{name}` is not a Linux interface name (1 to 15 characters, no spaces or /)"),
+            format!("{name:?} is not an interface name exfw accepts: 1 to 15 letters, digits, '.', '_' or '-', starting with a letter or digit"),
         );
     }
     let mode = match i
@@ -1261,6 +1408,7 @@ fn validate_allow(
     unprotected: &mut Vec<(IpNet, String, Range<usize>)>,
 ) -> Allow {
     let name = a.name.get_ref().clone();
+    c.name(&a.name, "allow");
     let reason = match &a.reason {
         Some(r) if !r.get_ref().trim().is_empty() => r.get_ref().clone(),
         Some(r) => {
@@ -1396,5 +1544,53 @@ mod tests {
             Some("2001:db8::/32".parse().unwrap())
         );
         assert_eq!(parse_prefix("300.1.1.1"), None);
+    }
+
+    #[test]
+    fn names_are_limited_to_a_charset_safe_in_labels_and_rulesets() {
+        for good in ["EX01", "dc-ams.corp", "lob_relay", "a"] {
+            assert!(is_safe_name(good), "{good}");
+        }
+        let long = "x".repeat(MAX_NAME_LENGTH + 1);
+        for bad in [
+            "",
+            "x\" accept; #",
+            "a b",
+            "-dash",
+            "tab\t",
+            "ümlaut",
+            "new\nline",
+            &long,
+        ] {
+            assert!(!is_safe_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_config_file_itself_is_checked_before_it_is_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("exfw-config-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let message = |path: &Path| load(path).unwrap_err().0[0].message.clone();
+        assert!(
+            message(&dir).contains("not a regular file"),
+            "{}",
+            message(&dir)
+        );
+        let file = dir.join("exfw.toml");
+        std::fs::write(&file, "version = 1\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(message(&file).contains("chmod o-w"), "{}", message(&file));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(!message(&file).contains("chmod"), "{}", message(&file));
+        std::fs::remove_file(&file).unwrap();
+        assert!(message(&file).contains("cannot read"), "{}", message(&file));
+        std::fs::remove_dir(&dir).unwrap();
+        let huge = " ".repeat(MAX_CONFIG_BYTES + 1);
+        assert!(
+            parse(&huge, "big.toml").unwrap_err().0[0]
+                .message
+                .contains("right file")
+        );
     }
 }

@@ -316,6 +316,17 @@ pub fn remove_pinned(dir: &Path) -> Result<Vec<String>, DataplaneError> {
     Ok(detached.into_iter().map(|(iface, _)| iface).collect())
 }
 
+/// Removes the pinned link of one interface (detaching exfw there), whether or not a daemon
+/// runs. Returns false when `iface` has no pinned link.
+pub fn remove_pinned_link(dir: &Path, iface: &str) -> Result<bool, DataplaneError> {
+    let Some((_, mode)) = pinned_links(dir).into_iter().find(|(i, _)| i == iface) else {
+        return Ok(false);
+    };
+    let path = dir.join("links").join(mode.name()).join(iface);
+    std::fs::remove_file(&path).map_err(pin_err(format!("removing {}", path.display())))?;
+    Ok(true)
+}
+
 /// How to attach to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttachMode {

@@ -31,8 +31,12 @@ pub struct ReloadStatus {
     pub last_success_seconds: f64,
     /// Successful reloads since start.
     pub successes: u64,
-    /// Failed reloads since start.
+    /// Failed reloads since start (refusals included).
     pub failures: u64,
+    /// Reloads refused because they would detach an interface.
+    pub refused_detach: u64,
+    /// Reloads refused because they would remove too many protected addresses.
+    pub refused_removal: u64,
 }
 
 /// What the collector reads: the data plane and the daemon's view of the policy.
@@ -368,6 +372,21 @@ impl Collector for ExfwCollector {
                 (
                     vec![("result", "failure".to_string())],
                     counter(reload.failures),
+                ),
+            ],
+        )?;
+        family(
+            &mut encoder,
+            "exfw_config_reload_refusals",
+            "Reloads refused because they would remove protection by accident (counted in the failures too).",
+            [
+                (
+                    vec![("reason", "detaches_interface".to_string())],
+                    counter(reload.refused_detach),
+                ),
+                (
+                    vec![("reason", "removes_protected_addresses".to_string())],
+                    counter(reload.refused_removal),
                 ),
             ],
         )?;

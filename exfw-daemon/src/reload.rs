@@ -28,6 +28,71 @@ use crate::{
     server,
 };
 
+/// Why a reload (or a start over pinned state) is refused: it would take protection away that
+/// the operator did not ask to remove.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Interfaces exfw filters now that the new config does not name.
+    #[error(
+        "the config no longer names {} (filtered now): exfw would stop filtering there. If that is meant, remove it explicitly with `exfw detach {}` and reload; otherwise restore the [[interface]] entries",
+        .0.join(", "),
+        .0.join(" ")
+    )]
+    DetachesInterfaces(Vec<String>),
+    /// More of the protected addresses would go than `[reload] max_protected_removal_percent`.
+    #[error(
+        "the config removes {removed} of the {protected} protected addresses ({}), more than max_protected_removal_percent = {limit}: a file cut short looks like this. If that is meant, raise [reload] max_protected_removal_percent in the new config",
+        examples.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    RemovesProtectedAddresses {
+        /// Addresses the new config no longer protects.
+        removed: usize,
+        /// Addresses the running config protects.
+        protected: usize,
+        /// The limit in force (the new config's).
+        limit: u8,
+        /// Up to five of the removed addresses.
+        examples: Vec<ipnet::IpNet>,
+    },
+}
+
+impl Refusal {
+    /// The `reason` label of `exfw_config_reload_refusals_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::DetachesInterfaces(_) => "detaches_interface",
+            Refusal::RemovesProtectedAddresses { .. } => "removes_protected_addresses",
+        }
+    }
+}
+
+/// Whether moving from `running` (None at start) to `new` would remove protection by
+/// accident: an interface in `filtered` (exfw's program is attached there now) that `new`
+/// does not name, or more of the running protected addresses than `new` allows to go.
+pub fn refusal(running: Option<&Config>, new: &Config, filtered: &[String]) -> Option<Refusal> {
+    let detached: Vec<String> = filtered
+        .iter()
+        .filter(|iface| !new.interfaces.iter().any(|i| &i.name == *iface))
+        .cloned()
+        .collect();
+    if !detached.is_empty() {
+        return Some(Refusal::DetachesInterfaces(detached));
+    }
+    let running = running?.protected_addresses();
+    let kept = new.protected_addresses();
+    let removed: Vec<ipnet::IpNet> = running.difference(&kept).copied().collect();
+    let limit = new.reload.max_protected_removal_percent;
+    // removed / running > limit / 100, in integers.
+    (removed.len() * 100 > usize::from(limit) * running.len()).then(|| {
+        Refusal::RemovesProtectedAddresses {
+            removed: removed.len(),
+            protected: running.len(),
+            limit,
+            examples: removed.into_iter().take(5).collect(),
+        }
+    })
+}
+
 /// How long the config file must be quiet before a change is loaded.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 /// Drop events logged per second at most; the rest are summarised.
@@ -149,30 +214,69 @@ fn apply(shared: &Shared, mut compiled: Compiled, config: &Config) -> Result<u32
     Ok(generation)
 }
 
-/// One reload: on success the new generation is in force; on failure the old one stays.
+/// The interfaces exfw's program filters now: pinned links whose interface is present.
+fn filtered_interfaces(dataplane: &Dataplane) -> Vec<String> {
+    dataplane
+        .pinned_links()
+        .into_iter()
+        .map(|(iface, _)| iface)
+        .filter(|iface| crate::dataplane::ifindex_of(iface).is_some())
+        .collect()
+}
+
+/// What one reload came to.
+enum Outcome {
+    /// The new generation is in force.
+    Applied(u32),
+    /// The new config would remove protection by accident; the running one stays.
+    Refused(Refusal),
+    /// The new config could not be loaded or applied; the running one stays.
+    Failed(anyhow::Error),
+}
+
+/// Loads, checks against the running config and applies `options.config`.
+fn try_reload(shared: &Shared, options: &RunOptions, running: &mut Config) -> Outcome {
+    let (config, compiled) = match load_config(&options.config)
+        .and_then(|loaded| check_interfaces(&loaded.0, &options.config).map(|()| loaded))
+    {
+        Ok(loaded) => loaded,
+        Err(e) => return Outcome::Failed(e),
+    };
+    let filtered = filtered_interfaces(&shared.dataplane.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Some(refused) = refusal(Some(running), &config, &filtered) {
+        return Outcome::Refused(refused);
+    }
+    if config.limits.flow_entries != running.limits.flow_entries
+        || config.limits.pending_entries != running.limits.pending_entries
+    {
+        warn!(
+            "flow_entries or pending_entries changed: the pinned connection tables keep their sizes until `exfw detach` and a restart"
+        );
+    }
+    if config.metrics_listen != running.metrics_listen {
+        warn!("metrics listen address changed: it takes effect at the next restart");
+    }
+    match apply(shared, compiled, &config) {
+        Ok(generation) => {
+            *running = config;
+            Outcome::Applied(generation)
+        }
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// One reload: on success the new generation is in force; on failure or refusal the old one
+/// stays, and the log and metrics say why.
 fn reload(shared: &Shared, options: &RunOptions, running: &mut Config, why: &str) {
     let started = Instant::now();
     notify(&[
         NotifyState::Reloading,
         NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
     ]);
-    let result = load_config(&options.config).and_then(|(config, compiled)| {
-        check_interfaces(&config, &options.config)?;
-        if config.limits.flow_entries != running.limits.flow_entries
-            || config.limits.pending_entries != running.limits.pending_entries
-        {
-            warn!("flow_entries or pending_entries changed: the pinned connection tables keep their sizes until `exfw detach` and a restart");
-        }
-        if config.metrics_listen != running.metrics_listen {
-            warn!("metrics listen address changed: it takes effect at the next restart");
-        }
-        let generation = apply(shared, compiled, &config)?;
-        *running = config;
-        Ok(generation)
-    });
+    let outcome = try_reload(shared, options, running);
     let mut status = shared.reload.lock().unwrap_or_else(|e| e.into_inner());
-    match result {
-        Ok(generation) => {
+    match outcome {
+        Outcome::Applied(generation) => {
             status.last_successful = true;
             status.last_success_seconds = now_seconds();
             status.successes += 1;
@@ -183,7 +287,20 @@ fn reload(shared: &Shared, options: &RunOptions, running: &mut Config, why: &str
                 "config reloaded"
             );
         }
-        Err(e) => {
+        Outcome::Refused(refused) => {
+            status.last_successful = false;
+            status.failures += 1;
+            match refused {
+                Refusal::DetachesInterfaces(_) => status.refused_detach += 1,
+                Refusal::RemovesProtectedAddresses { .. } => status.refused_removal += 1,
+            }
+            error!(
+                trigger = why,
+                reason = refused.reason(),
+                "reload refused, the running policy stays in force: {refused}"
+            );
+        }
+        Outcome::Failed(e) => {
             status.last_successful = false;
             status.failures += 1;
             error!(
@@ -241,6 +358,19 @@ fn log_drops(shared: &Shared, names: &mut BTreeMap<u32, String>) {
     }
 }
 
+/// Whether a file event means the file is complete: a writer closed it, or a complete file
+/// was renamed into place (the safe way to deploy). Writes still in progress (modify) and
+/// creation do not count; a deletion does, so the failed load says the file is gone.
+fn completes_the_file(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+    matches!(
+        kind,
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | notify::EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            | notify::EventKind::Remove(_)
+    )
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(options: RunOptions) -> Result<()> {
     tokio::runtime::Builder::new_current_thread()
@@ -264,6 +394,9 @@ async fn run_async(options: RunOptions) -> Result<()> {
             config.metrics_listen
         )
     })?;
+    if let Some(refused) = refusal(None, &config, &filtered_interfaces(&dataplane)) {
+        bail!("{refused}; the pinned policy stays in force");
+    }
     let adopted = dataplane.generation();
     let shared = Arc::new(Shared {
         dataplane: Mutex::new(dataplane),
@@ -296,7 +429,8 @@ async fn run_async(options: RunOptions) -> Result<()> {
     info!(%metrics_addr, "serving /metrics, /healthz, /readyz");
     notify(&[NotifyState::Ready, NotifyState::Status("enforcing")]);
 
-    // Config-file changes: watch the directory, so editors that replace the file count.
+    // Config-file changes: watch the directory, so a file renamed into place counts; act only
+    // once a writer has closed the file or renamed it in, never in the middle of a write.
     let (changes_tx, mut changes) = mpsc::channel::<()>(16);
     let file_name = options.config.file_name().map(|n| n.to_os_string());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -305,7 +439,7 @@ async fn run_async(options: RunOptions) -> Result<()> {
                 .paths
                 .iter()
                 .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
-            && !matches!(event.kind, notify::EventKind::Access(_))
+            && completes_the_file(&event.kind)
         {
             let _ = changes_tx.try_send(());
         }
@@ -352,4 +486,100 @@ async fn run_async(options: RunOptions) -> Result<()> {
     ready.store(false, Ordering::Relaxed);
     info!("stopping; the pinned policy stays in force (exfw detach removes it)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config with servers EX01..EXn (one address each) and the given interfaces.
+    fn config(servers: usize, interfaces: &[&str], extra: &str) -> Config {
+        let mut text =
+            String::from("version = 1\nmode = \"enforce\"\n[organization]\nexchange = \"2019\"\n");
+        text.push_str(extra);
+        for n in 1..=servers {
+            text.push_str(&format!(
+                "[[server]]\nname = \"EX{n}\"\nroles = [\"mailbox\"]\naddresses = [\"192.0.2.{n}\"]\n"
+            ));
+        }
+        for iface in interfaces {
+            text.push_str(&format!("[[interface]]\nname = \"{iface}\"\n"));
+        }
+        config::parse(&text, "test.toml").unwrap()
+    }
+
+    fn filtered(names: &[&str]) -> Vec<String> {
+        names.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_reload_that_drops_a_filtered_interface_is_refused() {
+        let running = config(2, &["eth0", "eth1"], "");
+        let new = config(2, &["eth0"], "");
+        let refused = refusal(Some(&running), &new, &filtered(&["eth0", "eth1"])).unwrap();
+        assert_eq!(refused, Refusal::DetachesInterfaces(vec!["eth1".into()]));
+        assert!(
+            refused.to_string().contains("exfw detach eth1"),
+            "{refused}"
+        );
+        // Once detached explicitly (no longer filtered), the same reload goes through.
+        assert_eq!(refusal(Some(&running), &new, &filtered(&["eth0"])), None);
+        // At start, a pinned interface the config forgot is refused the same way.
+        assert!(refusal(None, &new, &filtered(&["eth0", "eth1"])).is_some());
+    }
+
+    #[test]
+    fn removing_more_than_the_allowed_share_of_protected_addresses_is_refused() {
+        let running = config(4, &["eth0"], "");
+        // Half of them: the default limit (50 %) allows it.
+        assert_eq!(
+            refusal(Some(&running), &config(2, &["eth0"], ""), &[]),
+            None
+        );
+        // Three of four: refused, naming what would go.
+        let refused = refusal(Some(&running), &config(1, &["eth0"], ""), &[]).unwrap();
+        assert_eq!(refused.reason(), "removes_protected_addresses");
+        assert!(refused.to_string().contains("3 of the 4"), "{refused}");
+        assert!(refused.to_string().contains("192.0.2.4/32"), "{refused}");
+        // The new config may allow it explicitly.
+        let allowed = config(
+            1,
+            &["eth0"],
+            "[reload]\nmax_protected_removal_percent = 100\n",
+        );
+        assert_eq!(refusal(Some(&running), &allowed, &[]), None);
+        // A limit of 0 refuses any loss, and adding hosts is never refused.
+        let strict = config(
+            3,
+            &["eth0"],
+            "[reload]\nmax_protected_removal_percent = 0\n",
+        );
+        assert!(refusal(Some(&running), &strict, &[]).is_some());
+        assert_eq!(
+            refusal(Some(&running), &config(9, &["eth0"], ""), &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn only_a_complete_file_triggers_a_reload() {
+        use notify::EventKind;
+        use notify::event::{
+            AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode,
+        };
+        assert!(completes_the_file(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(completes_the_file(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(completes_the_file(&EventKind::Remove(RemoveKind::File)));
+        assert!(!completes_the_file(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(!completes_the_file(&EventKind::Create(CreateKind::File)));
+        assert!(!completes_the_file(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+    }
 }

@@ -1256,6 +1256,7 @@ pub fn config(rng: &mut StdRng) -> exfw_daemon::config::Config {
         }],
         limits: Limits::default(),
         metrics_listen: "127.0.0.1:9720".parse().unwrap(),
+        reload: Default::default(),
         warnings: vec![],
     }
 }
