@@ -444,7 +444,20 @@ fn status(pin_dir: &std::path::Path, format: StatusFormat) -> Result<ExitCode> {
     let counters = dataplane.counters([])?;
     let events = dataplane.event_stats()?;
     let running = dataplane::daemon_running(pin_dir);
-    let links = dataplane.pinned_links();
+    // A pinned link filters only while its interface is the one of that name: deleting an
+    // interface detaches the link in the kernel and leaves the pin.
+    let links: Vec<(String, dataplane::AttachedMode, &str)> = dataplane
+        .pinned_links()
+        .into_iter()
+        .map(|(iface, mode)| {
+            let state = match (dataplane.pinned_link(&iface), dataplane::ifindex_of(&iface)) {
+                (_, None) => "missing",
+                (Some((_, Some(linked))), Some(index)) if linked != index => "dead link",
+                _ => "attached",
+            };
+            (iface, mode, state)
+        })
+        .collect();
     let mut totals: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     let mut reasons: Vec<(String, u64)> = Vec::new();
     for ((verdict, reason), c) in &counters.reasons {
@@ -470,7 +483,7 @@ fn status(pin_dir: &std::path::Path, format: StatusFormat) -> Result<ExitCode> {
                 "generation": state.generation,
                 "policy_hash": format!("{:016x}", state.hash),
                 "applied_at_unix": state.applied_at,
-                "interfaces": links.iter().map(|(i, m)| serde_json::json!({"name": i, "mode": m.name()})).collect::<Vec<_>>(),
+                "interfaces": links.iter().map(|(i, m, state)| serde_json::json!({"name": i, "mode": m.name(), "state": state})).collect::<Vec<_>>(),
                 "packets": totals,
                 "packets_by_reason": reasons.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
                 "drop_events": {"sampled": events.sampled, "suppressed": events.suppressed, "lost": events.lost},
@@ -493,7 +506,7 @@ fn status(pin_dir: &std::path::Path, format: StatusFormat) -> Result<ExitCode> {
             println!("  policy hash: {:016x}", state.hash);
             let ifaces: Vec<String> = links
                 .iter()
-                .map(|(i, m)| format!("{i} ({})", m.name()))
+                .map(|(i, m, state)| format!("{i} ({}, {state})", m.name()))
                 .collect();
             println!(
                 "  interfaces:  {}",
@@ -604,6 +617,24 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             for w in &cfg.warnings {
                 eprintln!("warning: {w}");
             }
+            let tables = dataplane::policy_table_use(&compiled.policy);
+            let full: Vec<&dataplane::TableUse> = tables.iter().filter(|t| !t.fits()).collect();
+            for t in &full {
+                eprintln!(
+                    "{}: the policy needs {} {}, more than the {} one generation may take (the kernel table holds the running policy and the new one during a reload): split the config or use wider prefixes",
+                    path.display(),
+                    t.used,
+                    t.table,
+                    t.room
+                );
+            }
+            if !full.is_empty() {
+                eprintln!(
+                    "{}: does not fit the kernel tables; nothing was changed",
+                    path.display()
+                );
+                return Ok(ExitCode::from(1));
+            }
             println!("{}: valid", path.display());
             let mode = match cfg.mode {
                 crate::policy::Mode::Enforce => "enforce",
@@ -665,6 +696,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                         .map(|n| format!("{} ({} prefixes)", n.name, n.addresses.len()))
                         .collect::<Vec<_>>()
                         .join(", ")
+                );
+            }
+            println!(
+                "  kernel tables (used / room for one generation, half of each table: a reload writes the new policy beside the running one):"
+            );
+            for t in &tables {
+                println!(
+                    "    {:<26} {:>7} / {:<7} {:>5.1} % free",
+                    t.table,
+                    t.used,
+                    t.room,
+                    100.0 * (t.room - t.used) as f64 / t.room as f64
                 );
             }
             Ok(ExitCode::SUCCESS)

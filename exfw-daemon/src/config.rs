@@ -626,15 +626,23 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// The text of the config file, or what is wrong with the file itself.
 fn read_config_file(path: &Path) -> Result<String, String> {
-    use std::{io::Read, os::unix::fs::PermissionsExt};
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot read the config file: {e}"))?;
+    use std::{
+        io::Read,
+        os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    };
+    // Non-blocking, so a FIFO put in the file's place is refused below instead of hanging the
+    // reload until someone writes to it.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read the config file: {e}"))?;
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot read the config file: {e}"))?;
     if !meta.is_file() {
         return Err(
-            "the config path is not a regular file (a directory?): point exfw at the TOML file"
+            "the config path is not a regular file (a directory, a pipe?): point exfw at the TOML file"
                 .into(),
         );
     }

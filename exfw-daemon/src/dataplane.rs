@@ -80,9 +80,6 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
-    /// An interface the policy names does not exist in this network namespace.
-    #[error("interface `{0}` does not exist on this host")]
-    NoSuchInterface(String),
     /// The kernel attached through netlink, which cannot be pinned.
     #[error(
         "the kernel attached {0} without a BPF link (Linux 5.9+ needed), so enforcement could not outlive the daemon"
@@ -327,6 +324,75 @@ pub fn remove_pinned_link(dir: &Path, iface: &str) -> Result<bool, DataplaneErro
     Ok(true)
 }
 
+/// The interface index an XDP link is attached to: 0 once its interface is gone (the kernel
+/// detaches the link then, while the pin stays). `None` when the pin cannot be read as a link.
+pub fn pinned_link_ifindex(path: &Path) -> Option<u32> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    /// `struct bpf_link_info` up to the XDP member: type, id, prog_id, then the union (8-byte
+    /// aligned) whose `xdp.ifindex` comes first.
+    #[repr(C)]
+    #[derive(Default)]
+    struct XdpLinkInfo {
+        kind: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        ifindex: u32,
+        _pad2: u32,
+    }
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut get = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: BPF_OBJ_GET reads a NUL-terminated path we own and returns a new descriptor.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &mut get as *mut ObjGet,
+            size_of::<ObjGet>(),
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut info = XdpLinkInfo::default();
+    let mut attr = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<XdpLinkInfo>() as u32,
+        info: &mut info as *mut XdpLinkInfo as u64,
+    };
+    // SAFETY: the kernel writes at most info_len bytes into `info`, which we own.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoByFd,
+            size_of::<InfoByFd>(),
+        )
+    };
+    // BPF_LINK_TYPE_XDP is 6.
+    (rc == 0 && info.kind == 6).then_some(info.ifindex)
+}
+
 /// How to attach to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttachMode {
@@ -389,13 +455,38 @@ fn fnv1a(data: &[u8]) -> u64 {
     })
 }
 
-/// A stable 64-bit FNV-1a hash of the policy's encoding (same policy, same hash, any build).
+/// A stable 64-bit FNV-1a hash of what the policy means (same config, same hash, on any
+/// gateway and any build): its encoding with interfaces by slot and name rather than index, and
+/// rules numbered in the order of their content rather than by the counter slots a gateway's
+/// reload history gave them.
 pub fn policy_hash(policy: &Policy) -> u64 {
     fn bytes<T: aya::Pod>(value: &T) -> &[u8] {
         // SAFETY: Pod types are plain bytes.
         unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
     }
-    // Interfaces by slot and name, not by ifindex: the same config hashes the same anywhere.
+    let mut canonical = policy.clone();
+    canonical.rules.sort_by(|a, b| {
+        (
+            &a.service,
+            a.dst_class,
+            &a.src_classes,
+            a.proto,
+            a.ports.first,
+            a.ports.last,
+        )
+            .cmp(&(
+                &b.service,
+                b.dst_class,
+                &b.src_classes,
+                b.proto,
+                b.ports.first,
+                b.ports.last,
+            ))
+    });
+    for (id, rule) in canonical.rules.iter_mut().enumerate() {
+        rule.id = id as u32;
+    }
+    let policy = &canonical;
     let slots: Vec<u32> = (0..policy.interfaces.len() as u32).collect();
     let entries = encode(policy, 0, &slots);
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -469,6 +560,79 @@ pub struct MapEntries {
     pub ifaces: Vec<(IfaceKey, IfaceValue)>,
 }
 
+/// One kernel table's use by a policy, against the room one generation has there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableUse {
+    /// What the table holds, as `exfw check` names it.
+    pub table: &'static str,
+    /// Entries the policy takes.
+    pub used: usize,
+    /// Entries one generation may take: half of the table, because the running generation
+    /// stays until the new one is in force.
+    pub room: usize,
+}
+
+impl TableUse {
+    /// Whether the policy fits.
+    pub fn fits(&self) -> bool {
+        self.used <= self.room
+    }
+}
+
+/// What `entries` (one generation of a policy with `rules` rules and `classes` classes) takes
+/// in each kernel table, against the room each generation has.
+pub fn table_use(entries: &MapEntries, rules: usize, classes: usize) -> Vec<TableUse> {
+    let half = |n: u32| n as usize / 2;
+    vec![
+        TableUse {
+            table: "IPv4 prefixes",
+            used: entries.class_v4.len(),
+            room: half(limits::MAX_CLASS_PREFIXES),
+        },
+        TableUse {
+            table: "IPv6 prefixes",
+            used: entries.class_v6.len(),
+            room: half(limits::MAX_CLASS_PREFIXES),
+        },
+        TableUse {
+            table: "rule entries",
+            used: entries.rules.len(),
+            room: half(limits::MAX_RULE_ENTRIES),
+        },
+        TableUse {
+            table: "rule ids (counter slots)",
+            used: rules,
+            room: half(limits::MAX_RULES),
+        },
+        TableUse {
+            table: "ports",
+            used: entries.ports.len(),
+            room: limits::MAX_POLICY_PORTS as usize,
+        },
+        TableUse {
+            table: "interfaces",
+            used: entries.ifaces.len(),
+            room: limits::MAX_INTERFACES as usize,
+        },
+        TableUse {
+            table: "address classes",
+            used: classes,
+            room: limits::MAX_CLASSES as usize,
+        },
+    ]
+}
+
+/// What `policy` takes in each kernel table (encoded as the data plane would, one interface
+/// index per configured interface).
+pub fn policy_table_use(policy: &Policy) -> Vec<TableUse> {
+    let ifindexes: Vec<u32> = (1..=policy.interfaces.len() as u32).collect();
+    table_use(
+        &encode(policy, 1, &ifindexes),
+        policy.rules.len(),
+        policy.classes.len(),
+    )
+}
+
 /// Encodes `policy` as map entries under `generation`; `ifindexes[i]` is the index of
 /// `policy.interfaces[i]`, whose slot (bit in the classes' ingress masks) is `i`.
 ///
@@ -479,6 +643,10 @@ pub fn encode(policy: &Policy, generation: u32, ifindexes: &[u32]) -> MapEntries
     let gen_bytes = generation.to_be_bytes();
     let mut out = MapEntries::default();
     for (slot, (iface, ifindex)) in policy.interfaces.iter().zip(ifindexes).enumerate() {
+        if *ifindex == 0 {
+            // Not present now: nothing arrives there (re-encoded when it appears).
+            continue;
+        }
         let mut flags = 0;
         if iface.reverse_path {
             flags |= IFACE_REVERSE_PATH;
@@ -625,8 +793,10 @@ fn port_prefixes(range: PortRange) -> Vec<(u16, u32)> {
 /// The loaded XDP program and its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
-    events: RingBuf<MapData>,
+    events: Option<EventRing>,
     generation: u32,
+    /// The interface index each interface of the policy in force was encoded with (0: absent).
+    encoded_ifindexes: BTreeMap<String, u32>,
     pins: Option<Pins>,
 }
 
@@ -697,8 +867,9 @@ impl Dataplane {
         let events = RingBuf::try_from(events).map_err(map_err("event ring"))?;
         let mut dataplane = Dataplane {
             ebpf,
-            events,
+            events: Some(EventRing(events)),
             generation: 0,
+            encoded_ifindexes: BTreeMap::new(),
             pins,
         };
         dataplane.generation = dataplane.config_slot(config::GENERATION)? as u32;
@@ -757,13 +928,18 @@ impl Dataplane {
         })
     }
 
-    /// Entries in the flow table (walks the table: call it seldom).
-    pub fn flow_entries(&self) -> u64 {
+    /// Entries in the flow table, counting at most `limit` (walks the table: call it seldom,
+    /// and off the threads that serve; the limit ends a walk that evictions keep restarting).
+    pub fn flow_entries_at_most(&self, limit: u64) -> u64 {
         let Some(map) = self.ebpf.map(map_names::FLOWS) else {
             return 0;
         };
-        aya::maps::HashMap::<_, FlowKey, FlowValue>::try_from(map)
-            .map_or(0, |flows| flows.keys().count() as u64)
+        aya::maps::HashMap::<_, FlowKey, FlowValue>::try_from(map).map_or(0, |flows| {
+            flows
+                .keys()
+                .take(usize::try_from(limit).unwrap_or(usize::MAX))
+                .count() as u64
+        })
     }
 
     /// The confirmed connections (walks the table: for tests and tools, not the hot path).
@@ -787,6 +963,19 @@ impl Dataplane {
         };
         aya::maps::HashMap::<_, FlowKey, FlowValue>::try_from(map)
             .map_or(0, |pending| pending.keys().count() as u64)
+    }
+
+    /// Whether the policy in force was encoded with another index for `iface` than the one the
+    /// name has now (the interface was re-created): then it must be applied again.
+    pub fn interface_index_changed(&self, iface: &str) -> bool {
+        ifindex_of(iface).is_some_and(|index| self.encoded_ifindexes.get(iface) != Some(&index))
+    }
+
+    /// The pinned link of `iface`: its mode and the interface index it filters (0 once the
+    /// interface is gone; `None` when that cannot be read).
+    pub fn pinned_link(&self, iface: &str) -> Option<(AttachedMode, Option<u32>)> {
+        let (path, mode) = self.pins.as_ref()?.link_for(iface)?;
+        Some((mode, pinned_link_ifindex(&path)))
     }
 
     /// Interfaces this data plane's pin directory holds links for.
@@ -875,15 +1064,28 @@ impl Dataplane {
     /// the running generation stays in force and the partial new one is removed.
     pub fn apply(&mut self, policy: &Policy) -> Result<u32, DataplaneError> {
         policy.validate()?;
-        let ifindexes = policy
+        // An interface that is gone (between the reload's check and now, or while the
+        // interface watcher re-applies) gets no entry: packets cannot arrive there, and when it
+        // comes back with a new index the policy is applied again.
+        let ifindexes: Vec<u32> = policy
             .interfaces
             .iter()
-            .map(|i| {
-                ifindex_of(&i.name).ok_or_else(|| DataplaneError::NoSuchInterface(i.name.clone()))
-            })
-            .collect::<Result<Vec<u32>, _>>()?;
+            .map(|i| ifindex_of(&i.name).unwrap_or(0))
+            .collect();
         let next = self.generation.wrapping_add(1).max(1);
         let entries = encode(policy, next, &ifindexes);
+        // Refused before anything is written: a policy that fits only once would make every
+        // later reload fail, a switch to audit included.
+        if let Some(full) = table_use(&entries, policy.rules.len(), policy.classes.len())
+            .into_iter()
+            .find(|t| !t.fits())
+        {
+            return Err(DataplaneError::Policy(PolicyError::TableFull {
+                table: full.table,
+                used: full.used,
+                room: full.room,
+            }));
+        }
         if let Err(e) = self.write_entries(&entries) {
             let _ = self.remove_generations(|g| g == next);
             return Err(e);
@@ -918,6 +1120,12 @@ impl Dataplane {
                 .map_err(map_err("writing the config map"))?;
         }
         self.generation = next;
+        self.encoded_ifindexes = policy
+            .interfaces
+            .iter()
+            .zip(&ifindexes)
+            .map(|(i, index)| (i.name.clone(), *index))
+            .collect();
         self.remove_generations(|g| g != next)?;
         info!(
             generation = next,
@@ -1035,6 +1243,18 @@ impl Dataplane {
         iface: &str,
         mode: AttachMode,
     ) -> Result<AttachedMode, DataplaneError> {
+        if let Some((path, _)) = self.pins.as_ref().and_then(|p| p.link_for(iface))
+            && let Some(linked) = pinned_link_ifindex(&path)
+            && Some(linked) != ifindex_of(iface)
+        {
+            // The interface was deleted (the kernel detached the link, the pin stayed) and
+            // perhaps re-created, or renamed away: the pinned link filters nothing here.
+            warn!(%iface, linked_ifindex = linked, "the pinned link no longer filters {iface} (the interface was deleted, re-created or renamed); attaching anew");
+            std::fs::remove_file(&path).map_err(pin_err(format!(
+                "removing the dead link {}",
+                path.display()
+            )))?;
+        }
         if let Some((path, pinned_mode)) = self.pins.as_ref().and_then(|p| p.link_for(iface)) {
             let wanted = match mode {
                 AttachMode::Driver => Some(AttachedMode::Driver),
@@ -1331,8 +1551,23 @@ impl Dataplane {
 
     /// Takes every drop event waiting in the ring buffer.
     pub fn drain_events(&mut self) -> Vec<DropEvent> {
+        self.events.as_mut().map_or_else(Vec::new, EventRing::drain)
+    }
+
+    /// Hands the drop-event ring to its own reader, so draining never waits for a reload.
+    pub fn take_event_ring(&mut self) -> Option<EventRing> {
+        self.events.take()
+    }
+}
+
+/// The sampled drop events the program writes, read by one consumer.
+pub struct EventRing(RingBuf<MapData>);
+
+impl EventRing {
+    /// Every event waiting in the ring.
+    pub fn drain(&mut self) -> Vec<DropEvent> {
         let mut out = Vec::new();
-        while let Some(item) = self.events.next() {
+        while let Some(item) = self.0.next() {
             if item.len() >= size_of::<DropEvent>() {
                 // SAFETY: the kernel wrote a DropEvent; read_unaligned copes with any alignment.
                 out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) });
@@ -1475,5 +1710,42 @@ mod tests {
                 )
             ]
         );
+    }
+
+    #[test]
+    fn the_policy_hash_does_not_depend_on_counter_slots() {
+        let config = crate::config::parse(
+            include_str!("../../examples/exchange2016-edge.toml"),
+            "exchange2016-edge.toml",
+        )
+        .unwrap();
+        let compiled = crate::policy::compile(&config).unwrap();
+        let hash = policy_hash(&compiled.policy);
+        // Another gateway's history: the same rules in other slots.
+        let mut elsewhere = compiled.clone();
+        let count = elsewhere.policy.rules.len() as u32;
+        elsewhere.renumber(|rule| 4000 - rule.id % count);
+        assert_ne!(
+            elsewhere
+                .policy
+                .rules
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>(),
+            compiled
+                .policy
+                .rules
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(policy_hash(&elsewhere.policy), hash);
+        // What the policy means does change it.
+        let mut audit = compiled.policy.clone();
+        audit.mode = Mode::Audit;
+        assert_ne!(policy_hash(&audit), hash);
+        let mut fewer = compiled.policy.clone();
+        fewer.rules.pop();
+        assert_ne!(policy_hash(&fewer), hash);
     }
 }

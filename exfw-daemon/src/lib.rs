@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod links;
 pub mod metrics;
 pub mod model;
 pub mod policy;

@@ -18,7 +18,9 @@ use prometheus_client::{
 };
 
 use crate::{
-    dataplane::{AttachedMode, Dataplane},
+    config::Config,
+    dataplane::Dataplane,
+    links::{InterfaceState, InterfaceStatus},
     policy::{Compiled, Mode, PortRange, export::proto_name},
 };
 
@@ -39,14 +41,19 @@ pub struct ReloadStatus {
     pub refused_removal: u64,
 }
 
-/// What the collector reads: the data plane and the daemon's view of the policy.
+/// What the daemon's threads share: the data plane, the policy in force and its bookkeeping.
 pub struct Shared {
-    /// The loaded program and its maps.
+    /// The loaded program and its maps, for the threads that change them (reload, interfaces).
     pub dataplane: Mutex<Dataplane>,
+    /// Its own descriptors on the same pinned maps, for scrapes: reading counters never waits
+    /// for a reload that holds `dataplane`.
+    pub reader: Mutex<Dataplane>,
+    /// The config in force.
+    pub config: RwLock<Config>,
     /// The policy in force, for labels.
     pub compiled: RwLock<Compiled>,
-    /// Interfaces and their attach modes.
-    pub interfaces: RwLock<Vec<(String, AttachedMode)>>,
+    /// Every configured interface and where it stands.
+    pub interfaces: RwLock<Vec<InterfaceStatus>>,
     /// Reload bookkeeping.
     pub reload: Mutex<ReloadStatus>,
     /// Flow-table entries, counted in the background (counting walks the table).
@@ -113,7 +120,7 @@ impl Collector for ExfwCollector {
         let compiled = shared.compiled.read().unwrap_or_else(|e| e.into_inner());
         let policy = &compiled.policy;
         let (counters, events, state) = {
-            let dataplane = shared.dataplane.lock().unwrap_or_else(|e| e.into_inner());
+            let dataplane = shared.reader.lock().unwrap_or_else(|e| e.into_inner());
             let counters = dataplane.counters(policy.rules.iter().map(|r| r.id));
             (counters, dataplane.event_stats(), dataplane.policy_state())
         };
@@ -236,14 +243,14 @@ impl Collector for ExfwCollector {
         )?;
         // Every attached interface has its series from the start, zero or not.
         let mut spoofed: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
-        for (iface, _) in shared
+        for status in shared
             .interfaces
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
             for v in [exfw_common::Verdict::Drop, exfw_common::Verdict::WouldDrop] {
-                spoofed.insert((iface.clone(), v.name()), 0);
+                spoofed.insert((status.name.clone(), v.name()), 0);
             }
         }
         for ((iface, verdict), c) in &counters.spoofed {
@@ -407,12 +414,33 @@ impl Collector for ExfwCollector {
         family(
             &mut encoder,
             "exfw_interface_attached",
-            "Interfaces exfw is attached to, with the XDP mode.",
-            interfaces.into_iter().map(|(iface, mode)| {
+            "Configured interfaces: 1 while exfw filters them (with the XDP mode), 0 while missing, detached or failed (mode=\"none\").",
+            interfaces.iter().map(|status| {
+                let (mode, value) = match &status.state {
+                    InterfaceState::Attached(mode) => (mode.name(), 1.0),
+                    _ => ("none", 0.0),
+                };
                 (
-                    vec![("iface", iface), ("mode", mode.name().to_string())],
-                    gauge(1.0),
+                    vec![("iface", status.name.clone()), ("mode", mode.to_string())],
+                    gauge(value),
                 )
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "exfw_interface_state",
+            "Configured interfaces by state: 1 for the current one of attached, missing, detached, failed.",
+            interfaces.iter().flat_map(|status| {
+                InterfaceState::NAMES.iter().map(|state| {
+                    (
+                        vec![("iface", status.name.clone()), ("state", state.to_string())],
+                        gauge(if status.state.name() == *state {
+                            1.0
+                        } else {
+                            0.0
+                        }),
+                    )
+                })
             }),
         )?;
         Ok(())

@@ -22,7 +22,8 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{self, Config},
-    dataplane::{AttachedMode, Dataplane, LoadOptions},
+    dataplane::{Dataplane, EventRing, LoadOptions},
+    links::{self, InterfaceState, InterfaceStatus},
     metrics::{ReloadStatus, Shared},
     policy::{Compiled, compile},
     server,
@@ -95,6 +96,13 @@ pub fn refusal(running: Option<&Config>, new: &Config, filtered: &[String]) -> O
 
 /// How long the config file must be quiet before a change is loaded.
 const DEBOUNCE: Duration = Duration::from_millis(300);
+/// How often the flow table is counted (and after every reload).
+const FLOW_COUNT_EVERY: Duration = Duration::from_secs(15);
+/// How often every interface is re-checked besides the kernel's link events.
+const INTERFACE_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// A reload or interface check running longer than this is taken as hung: the watchdog is no
+/// longer fed.
+const JOB_HANG: Duration = Duration::from_secs(120);
 /// Drop events logged per second at most; the rest are summarised.
 const DROP_LOG_LINES_PER_SECOND: usize = 20;
 
@@ -182,17 +190,18 @@ fn warn_without_forwarding(iface: &str) {
 }
 
 /// Makes the interfaces match the config: attach (or adopt) the configured ones, detach the
-/// pinned ones the config no longer names.
-fn sync_interfaces(
-    dataplane: &mut Dataplane,
-    config: &Config,
-) -> Result<Vec<(String, AttachedMode)>> {
+/// pinned ones the config no longer names (only dead links or ones detached explicitly remain
+/// by then: `refusal` stopped the rest).
+fn sync_interfaces(dataplane: &mut Dataplane, config: &Config) -> Result<Vec<InterfaceStatus>> {
     let mut attached = Vec::new();
     for iface in &config.interfaces {
         let mode = dataplane
             .attach(&iface.name, iface.mode)
             .with_context(|| format!("attaching to {}", iface.name))?;
-        attached.push((iface.name.clone(), mode));
+        attached.push(InterfaceStatus {
+            name: iface.name.clone(),
+            state: InterfaceState::Attached(mode),
+        });
     }
     for (iface, _) in dataplane.pinned_links() {
         if !config.interfaces.iter().any(|i| i.name == iface) {
@@ -202,25 +211,32 @@ fn sync_interfaces(
     Ok(attached)
 }
 
-/// Applies a compiled policy under the data-plane lock: stable rule slots, a new generation.
-fn apply(shared: &Shared, mut compiled: Compiled, config: &Config) -> Result<u32> {
+/// Applies a compiled policy under the data-plane lock: stable rule slots, a new generation,
+/// the interfaces; then publishes the config, policy and interface states it applied.
+fn apply(shared: &Shared, mut compiled: Compiled, config: Config) -> Result<u32> {
     let mut dataplane = shared.dataplane.lock().unwrap_or_else(|e| e.into_inner());
     dataplane.assign_rule_slots(&mut compiled)?;
     let generation = dataplane.apply(&compiled.policy)?;
-    let attached = sync_interfaces(&mut dataplane, config)?;
-    drop(dataplane);
+    let attached = sync_interfaces(&mut dataplane, &config)?;
     *shared.compiled.write().unwrap_or_else(|e| e.into_inner()) = compiled;
     *shared.interfaces.write().unwrap_or_else(|e| e.into_inner()) = attached;
+    *shared.config.write().unwrap_or_else(|e| e.into_inner()) = config;
     Ok(generation)
 }
 
-/// The interfaces exfw's program filters now: pinned links whose interface is present.
+/// The interfaces exfw's program filters now: pinned links alive on the interface of their name.
 fn filtered_interfaces(dataplane: &Dataplane) -> Vec<String> {
     dataplane
         .pinned_links()
         .into_iter()
         .map(|(iface, _)| iface)
-        .filter(|iface| crate::dataplane::ifindex_of(iface).is_some())
+        .filter(|iface| {
+            let index = crate::dataplane::ifindex_of(iface);
+            index.is_some()
+                && dataplane
+                    .pinned_link(iface)
+                    .is_some_and(|(_, linked)| linked.is_none() || linked == index)
+        })
         .collect()
 }
 
@@ -234,8 +250,8 @@ enum Outcome {
     Failed(anyhow::Error),
 }
 
-/// Loads, checks against the running config and applies `options.config`.
-fn try_reload(shared: &Shared, options: &RunOptions, running: &mut Config) -> Outcome {
+/// Loads `options.config`, checks it against the config in force and applies it.
+fn try_reload(shared: &Shared, options: &RunOptions) -> Outcome {
     let (config, compiled) = match load_config(&options.config)
         .and_then(|loaded| check_interfaces(&loaded.0, &options.config).map(|()| loaded))
     {
@@ -243,7 +259,12 @@ fn try_reload(shared: &Shared, options: &RunOptions, running: &mut Config) -> Ou
         Err(e) => return Outcome::Failed(e),
     };
     let filtered = filtered_interfaces(&shared.dataplane.lock().unwrap_or_else(|e| e.into_inner()));
-    if let Some(refused) = refusal(Some(running), &config, &filtered) {
+    let running = shared
+        .config
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(refused) = refusal(Some(&running), &config, &filtered) {
         return Outcome::Refused(refused);
     }
     if config.limits.flow_entries != running.limits.flow_entries
@@ -256,24 +277,22 @@ fn try_reload(shared: &Shared, options: &RunOptions, running: &mut Config) -> Ou
     if config.metrics_listen != running.metrics_listen {
         warn!("metrics listen address changed: it takes effect at the next restart");
     }
-    match apply(shared, compiled, &config) {
-        Ok(generation) => {
-            *running = config;
-            Outcome::Applied(generation)
-        }
+    match apply(shared, compiled, config) {
+        Ok(generation) => Outcome::Applied(generation),
         Err(e) => Outcome::Failed(e),
     }
 }
 
 /// One reload: on success the new generation is in force; on failure or refusal the old one
-/// stays, and the log and metrics say why.
-fn reload(shared: &Shared, options: &RunOptions, running: &mut Config, why: &str) {
+/// stays, and the log and metrics say why. Runs on a blocking thread.
+fn reload(shared: &Shared, options: &RunOptions, why: &str) {
     let started = Instant::now();
+    info!(trigger = why, "reload started");
     notify(&[
         NotifyState::Reloading,
         NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
     ]);
-    let outcome = try_reload(shared, options, running);
+    let outcome = try_reload(shared, options);
     let mut status = shared.reload.lock().unwrap_or_else(|e| e.into_inner());
     match outcome {
         Outcome::Applied(generation) => {
@@ -313,6 +332,75 @@ fn reload(shared: &Shared, options: &RunOptions, running: &mut Config, why: &str
     notify(&[NotifyState::Ready, NotifyState::Status("enforcing")]);
 }
 
+/// Re-checks every configured interface (after a link event, a reload, or on the timer).
+fn reconcile_interfaces(shared: &Shared) {
+    let mut dataplane = shared.dataplane.lock().unwrap_or_else(|e| e.into_inner());
+    let config = shared
+        .config
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let previous = shared
+        .interfaces
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let states = links::reconcile(&mut dataplane, &config, &previous);
+    // A re-created interface has a new index, which the policy's interface table must name:
+    // until it does, the program drops what arrives there as unknown_interface (fail closed).
+    let changed: Vec<&str> = config
+        .interfaces
+        .iter()
+        .map(|i| i.name.as_str())
+        .filter(|name| dataplane.interface_index_changed(name))
+        .collect();
+    if !changed.is_empty() {
+        let compiled = shared.compiled.read().unwrap_or_else(|e| e.into_inner());
+        match dataplane.apply(&compiled.policy) {
+            Ok(generation) => info!(
+                generation,
+                interfaces = %changed.join(","),
+                "interface index changed: the policy in force applied again"
+            ),
+            Err(e) => error!(
+                interfaces = %changed.join(","),
+                "applying the policy for a re-created interface failed, it drops everything there (unknown_interface): {e}"
+            ),
+        }
+    }
+    *shared.interfaces.write().unwrap_or_else(|e| e.into_inner()) = states;
+}
+
+/// Counts the flow table on its own thread with its own descriptors, every `FLOW_COUNT_EVERY`
+/// or when nudged: a walk of millions of entries never holds up scrapes, reloads or signals.
+/// The walk stops at the table's capacity, so evictions that restart it cannot make it endless.
+fn spawn_flow_counter(
+    shared: Arc<Shared>,
+    pin_dir: PathBuf,
+) -> Result<std::sync::mpsc::SyncSender<()>> {
+    let reader = Dataplane::open_pinned(&pin_dir).context("opening the flow table for counting")?;
+    let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("exfw-flow-count".into())
+        .spawn(move || {
+            loop {
+                let started = Instant::now();
+                let count = reader.flow_entries_at_most(shared.flow_capacity);
+                shared.flow_entries.store(count, Ordering::Relaxed);
+                tracing::debug!(
+                    entries = count,
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "flow table counted"
+                );
+                match nudged.recv_timeout(FLOW_COUNT_EVERY) {
+                    Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })?;
+    Ok(nudge)
+}
+
 fn ip_text(fam: u8, bytes: &[u8; 16]) -> String {
     match fam {
         family::V4 => std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string(),
@@ -329,12 +417,8 @@ fn iface_name(index: u32, cache: &mut BTreeMap<u32, String>) -> String {
 }
 
 /// Logs sampled drops as structured lines, at most DROP_LOG_LINES_PER_SECOND a tick.
-fn log_drops(shared: &Shared, names: &mut BTreeMap<u32, String>) {
-    let events: Vec<DropEvent> = shared
-        .dataplane
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .drain_events();
+fn log_drops(shared: &Shared, ring: &mut EventRing, names: &mut BTreeMap<u32, String>) {
+    let events: Vec<DropEvent> = ring.drain();
     let compiled = shared.compiled.read().unwrap_or_else(|e| e.into_inner());
     for e in events.iter().take(DROP_LOG_LINES_PER_SECOND) {
         let reason = Reason::from_code(e.reason).map_or("unknown", |r| r.name());
@@ -373,40 +457,66 @@ fn completes_the_file(kind: &notify::EventKind) -> bool {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(options: RunOptions) -> Result<()> {
-    tokio::runtime::Builder::new_current_thread()
+    // Two workers: HTTP and the control loop; reloads, interface checks and the flow count run
+    // on blocking threads of their own, so none of them delays /metrics, /healthz or signals.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?
         .block_on(run_async(options))
 }
 
+/// A job on a blocking thread, and when it started (the watchdog stops being fed when one
+/// runs far too long).
+struct Job {
+    kind: &'static str,
+    started: Instant,
+    handle: tokio::task::JoinHandle<()>,
+}
+
 async fn run_async(options: RunOptions) -> Result<()> {
     let (config, compiled) = load_config(&options.config).context("nothing was changed")?;
     check_interfaces(&config, &options.config)?;
-    let dataplane = Dataplane::load(LoadOptions {
+    let mut dataplane = Dataplane::load(LoadOptions {
         flow_entries: config.limits.flow_entries,
         pending_entries: config.limits.pending_entries,
         pin_dir: Some(options.pin_dir.clone()),
         ..Default::default()
     })?;
+    if let Some(refused) = refusal(None, &config, &filtered_interfaces(&dataplane)) {
+        bail!("{refused}; the pinned policy stays in force");
+    }
     let listener = server::bind(config.metrics_listen).await.with_context(|| {
         format!(
             "cannot listen on {} for metrics; change [metrics] listen",
             config.metrics_listen
         )
     })?;
-    if let Some(refused) = refusal(None, &config, &filtered_interfaces(&dataplane)) {
-        bail!("{refused}; the pinned policy stays in force");
+    if !config.metrics_listen.ip().is_loopback() {
+        warn!(
+            listen = %config.metrics_listen,
+            "metrics are served beyond loopback ({}): anyone who reaches it learns the policy, the interfaces and the traffic; bind 127.0.0.1 and scrape through a proxy, or restrict it with the host firewall (and IPAddressAllow= in the unit)",
+            config.metrics_listen
+        );
     }
+    let mut events = dataplane
+        .take_event_ring()
+        .context("the drop-event ring is missing")?;
+    let reader = Dataplane::open_pinned(&options.pin_dir).context("opening the counters")?;
     let adopted = dataplane.generation();
+    let flow_capacity = u64::from(config.limits.flow_entries);
     let shared = Arc::new(Shared {
         dataplane: Mutex::new(dataplane),
+        reader: Mutex::new(reader),
+        config: RwLock::new(config.clone()),
         compiled: RwLock::new(compiled.clone()),
         interfaces: RwLock::new(Vec::new()),
         reload: Mutex::new(ReloadStatus::default()),
         flow_entries: AtomicU64::new(0),
-        flow_capacity: u64::from(config.limits.flow_entries),
+        flow_capacity,
     });
-    let generation = apply(&shared, compiled, &config)?;
+    let metrics_addr = config.metrics_listen;
+    let generation = apply(&shared, compiled, config)?;
     {
         let mut status = shared.reload.lock().unwrap_or_else(|e| e.into_inner());
         status.last_successful = true;
@@ -414,20 +524,9 @@ async fn run_async(options: RunOptions) -> Result<()> {
         status.successes = 1;
     }
     info!(generation, adopted_generation = adopted, config = %options.config.display(), pin_dir = %options.pin_dir.display(), "exfw is enforcing");
-    let ready = Arc::new(AtomicBool::new(true));
-    let registry = Arc::new(crate::metrics::registry(shared.clone()));
-    let app = server::AppState {
-        registry,
-        ready: ready.clone(),
-    };
-    let metrics_addr = config.metrics_listen;
-    tokio::spawn(async move {
-        if let Err(e) = server::serve(listener, app).await {
-            error!(error = %e, "the metrics server stopped");
-        }
-    });
-    info!(%metrics_addr, "serving /metrics, /healthz, /readyz");
-    notify(&[NotifyState::Ready, NotifyState::Status("enforcing")]);
+    let count_flows = spawn_flow_counter(shared.clone(), options.pin_dir.clone())?;
+    let (link_tx, mut link_events) = mpsc::channel::<()>(1);
+    links::watch_link_events(link_tx).context("subscribing to the kernel's link events")?;
 
     // Config-file changes: watch the directory, so a file renamed into place counts; act only
     // once a writer has closed the file or renamed it in, never in the middle of a write.
@@ -456,38 +555,110 @@ async fn run_async(options: RunOptions) -> Result<()> {
     let mut hangup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let mut drops = tokio::time::interval(Duration::from_secs(1));
-    let mut flow_count = tokio::time::interval(Duration::from_secs(15));
+
+    // Serving (and so /readyz) starts last: once ready, every change is seen.
+    let ready = Arc::new(AtomicBool::new(true));
+    let registry = Arc::new(crate::metrics::registry(shared.clone()));
+    let app = server::AppState {
+        registry,
+        ready: ready.clone(),
+        shared: shared.clone(),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = server::serve(listener, app).await {
+            error!(error = %e, "the metrics server stopped");
+        }
+    });
+    info!(%metrics_addr, "serving /metrics, /healthz, /readyz");
+    let mut watchdog_usec = 0;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+    notify(&[NotifyState::Ready, NotifyState::Status("enforcing")]);
+
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut interface_check = tokio::time::interval(INTERFACE_CHECK_EVERY);
     let mut names = BTreeMap::new();
-    let mut running = config;
     let mut settle: Option<tokio::time::Instant> = None;
+    // One job at a time changes the data plane; what arrives meanwhile waits its turn.
+    let mut job: Option<Job> = None;
+    let mut reload_wanted: Option<&'static str> = None;
+    let mut check_wanted = false;
+    let mut stopping = false;
+    let mut told_stopping = false;
     loop {
+        if job.is_none() {
+            if stopping {
+                break;
+            }
+            let shared = shared.clone();
+            if let Some(why) = reload_wanted.take() {
+                let options = options.clone();
+                let nudge = count_flows.clone();
+                job = Some(Job {
+                    kind: "reload",
+                    started: Instant::now(),
+                    handle: tokio::task::spawn_blocking(move || {
+                        // The table is counted beside the reload: its size next to a policy
+                        // change is what an operator looks at.
+                        let _ = nudge.try_send(());
+                        reload(&shared, &options, why);
+                        reconcile_interfaces(&shared);
+                    }),
+                });
+            } else if std::mem::take(&mut check_wanted) {
+                job = Some(Job {
+                    kind: "interface check",
+                    started: Instant::now(),
+                    handle: tokio::task::spawn_blocking(move || reconcile_interfaces(&shared)),
+                });
+            }
+        }
         tokio::select! {
-            _ = hangup.recv() => reload(&shared, &options, &mut running, "SIGHUP"),
+            _ = hangup.recv() => reload_wanted = Some("SIGHUP"),
             Some(()) = changes.recv() => {
-                // Debounce: load once the file has been quiet for a moment; signals and
-                // timers keep being served meanwhile.
+                // Debounce: load once the file has been quiet for a moment.
                 settle = Some(tokio::time::Instant::now() + DEBOUNCE);
             }
             _ = async { tokio::time::sleep_until(settle.unwrap()).await }, if settle.is_some() => {
                 settle = None;
-                reload(&shared, &options, &mut running, "config file changed");
+                reload_wanted = Some("config file changed");
             }
-            _ = drops.tick() => log_drops(&shared, &mut names),
-            _ = flow_count.tick() => {
-                let count = shared.dataplane.lock().unwrap_or_else(|e| e.into_inner()).flow_entries();
-                shared.flow_entries.store(count, Ordering::Relaxed);
+            Some(()) = link_events.recv() => check_wanted = true,
+            _ = interface_check.tick() => check_wanted = true,
+            result = async { (&mut job.as_mut().unwrap().handle).await }, if job.is_some() => {
+                let done = job.take().unwrap();
+                if let Err(e) = result {
+                    error!(job = done.kind, error = %e, "a background job failed");
+                }
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = tick.tick() => {
+                log_drops(&shared, &mut events, &mut names);
+                // Fed only while no job hangs: a wedged reload or interface check lets systemd
+                // restart exfw, which adopts the pinned policy.
+                if watchdog && job.as_ref().is_none_or(|j| j.started.elapsed() < JOB_HANG) {
+                    notify(&[NotifyState::Watchdog]);
+                }
+            }
+            _ = terminate.recv() => stopping = true,
+            _ = interrupt.recv() => stopping = true,
+        }
+        if stopping
+            && !told_stopping
+            && let Some(j) = &job
+        {
+            // The job runs to its end: a reload either applies whole or not at all.
+            info!(
+                job = j.kind,
+                "stopping once the running {} completes", j.kind
+            );
+            told_stopping = true;
         }
     }
     notify(&[NotifyState::Stopping]);
     ready.store(false, Ordering::Relaxed);
+    drop(watcher);
     info!("stopping; the pinned policy stays in force (exfw detach removes it)");
     Ok(())
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

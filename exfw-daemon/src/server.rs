@@ -1,5 +1,5 @@
 //! The HTTP endpoint: `/metrics` (OpenMetrics text), `/healthz` (the process answers) and
-//! `/readyz` (a policy is applied and every configured interface is attached).
+//! `/readyz` (a policy is applied and exfw filters every configured interface).
 
 use std::{
     net::SocketAddr,
@@ -15,15 +15,20 @@ use axum::{
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::metrics;
+use crate::{
+    links::InterfaceState,
+    metrics::{self, Shared},
+};
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     /// The metrics registry.
     pub registry: Arc<Registry>,
-    /// Set once the policy is applied and the interfaces attached.
+    /// Set once the policy is applied; cleared when the daemon stops.
     pub ready: Arc<AtomicBool>,
+    /// The daemon's state, for the interfaces.
+    pub shared: Arc<Shared>,
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
@@ -52,12 +57,30 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
+    if !state.ready.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the policy is not applied\n".to_string(),
+        );
+    }
+    let unfiltered: Vec<String> = state
+        .shared
+        .interfaces
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|s| !matches!(s.state, InterfaceState::Attached(_)))
+        .map(|s| format!("{} {}", s.name, s.state.name()))
+        .collect();
+    if unfiltered.is_empty() {
+        (StatusCode::OK, "ready\n".to_string())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the policy is not applied yet\n",
+            format!(
+                "not ready: unfiltered interfaces: {}\n",
+                unfiltered.join(", ")
+            ),
         )
     }
 }

@@ -534,3 +534,38 @@ fn loopback_with_the_reverse_path_check_is_refused() {
         "interface `lo` carries the host's own traffic",
     );
 }
+
+/// A config with one `[[allow]]` from `sources` single addresses to Mailbox on every TCP port:
+/// each source is a class, and every port range is 16 rule-trie prefixes per source.
+fn allow_from_many_sources(sources: u32) -> String {
+    let from: Vec<String> = (0..sources)
+        .map(|i| format!("\"198.18.{}.{}\"", i / 256, i % 256))
+        .collect();
+    format!(
+        "version = 1\nmode = \"enforce\"\n[organization]\nexchange = \"2019\"\n[[server]]\nname = \"EX01\"\nroles = [\"mailbox\"]\naddresses = [\"192.0.2.2\"]\n[[allow]]\nname = \"wide\"\nfrom = [{}]\nto = [\"mailbox\"]\nproto = \"tcp\"\nports = [\"1-65535\"]\nreason = \"test: fill the rule table\"\n[[interface]]\nname = \"eth0\"\n",
+        from.join(", ")
+    )
+}
+
+#[test]
+fn check_counts_encoded_rule_entries_against_both_generations() {
+    let dir = std::env::temp_dir().join(format!("exfw-capacity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fits = dir.join("fits.toml");
+    std::fs::write(&fits, allow_from_many_sources(1000)).unwrap();
+    let (code, out, err) = exfw(&["check", fits.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("rule entries"))
+        .unwrap_or_else(|| panic!("no rule-entry line in\n{out}"));
+    assert!(line.contains("/ 65536"), "{line}");
+    // Twice the room of one generation would load once and then block every reload.
+    let too_big = dir.join("too-big.toml");
+    std::fs::write(&too_big, allow_from_many_sources(4200)).unwrap();
+    let (code, _, err) = exfw(&["check", too_big.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("rule entries, more than the 65536"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+}

@@ -39,9 +39,22 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `exfw run` in `ns` (network namespace only, so bpffs is shared with the test).
     pub fn start(ns: &Namespace, config: &Path, pin_dir: &Path, log: &Path) -> Daemon {
+        Daemon::start_under(&[], ns, config, pin_dir, log)
+    }
+
+    /// Starts `exfw run` as [`Daemon::start`] does, through `wrapper` (a command and its
+    /// arguments that execs the rest, such as `setpriv --bounding-set=...`).
+    pub fn start_under(
+        wrapper: &[&str],
+        ns: &Namespace,
+        config: &Path,
+        pin_dir: &Path,
+        log: &Path,
+    ) -> Daemon {
         let out = std::fs::File::create(log).expect("daemon log");
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", ns.name()))
+            .args(wrapper)
             .arg(exfw_binary())
             .args(["run", "--config"])
             .arg(config)
@@ -183,6 +196,31 @@ accepts = ["mailbox"]
 [metrics]
 listen = "127.0.0.1:9720"
 "#;
+
+/// Whether a TCP connection from `outside` to the inside server 192.0.2.2 on `port` completes
+/// (long enough for a SYN the kernel retransmits after a lost first one).
+pub fn connects(outside: &Namespace, port: u16) -> bool {
+    let dst: std::net::SocketAddr = format!("192.0.2.2:{port}").parse().unwrap();
+    match crate::netns::tcp_connect(outside, None, dst, Duration::from_millis(1500)) {
+        Ok(_) => true,
+        Err(std::io::ErrorKind::TimedOut) => false,
+        Err(e) => panic!("connect {dst}: {e}"),
+    }
+}
+
+/// `count` more Mailbox servers at 10.x addresses, as `[[server]]` tables to append to a config.
+pub fn more_servers(count: u32) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                "\n[[server]]\nname = \"MBX{i:06}\"\nroles = [\"mailbox\"]\naddresses = [\"10.{}.{}.{}\"]\n",
+                1 + i / 65536,
+                (i / 256) % 256,
+                i % 256
+            )
+        })
+        .collect()
+}
 
 /// Writes a config the way editors do: a new file renamed over the old one.
 pub fn write_config(path: &Path, text: &str) {

@@ -4,7 +4,6 @@
 //! program through the pinned links; SIGTERM; `exfw detach`.
 
 use std::{
-    io::ErrorKind,
     net::{SocketAddr, TcpListener},
     path::Path,
     process::Command,
@@ -17,10 +16,10 @@ use std::{
 
 use exfw_tests::{
     daemon::{
-        Daemon, GATEWAY_CONFIG, Scratch, exfw_binary, http_get, metric, scrape, value, wait_until,
-        write_config,
+        Daemon, GATEWAY_CONFIG, Scratch, connects, exfw_binary, http_get, metric, scrape, value,
+        wait_until, write_config,
     },
-    netns::{Namespace, Topology, tcp_connect},
+    netns::Topology,
     require_root,
 };
 use socket2::{Domain, Socket, Type};
@@ -34,16 +33,6 @@ proto = "tcp"
 ports = [3389]
 reason = "test: temporary remote desktop"
 "#;
-
-fn connects(outside: &Namespace, port: u16) -> bool {
-    let dst: SocketAddr = format!("192.0.2.2:{port}").parse().unwrap();
-    // Long enough for a SYN the kernel retransmits after a lost first one.
-    match tcp_connect(outside, None, dst, Duration::from_millis(1500)) {
-        Ok(_) => true,
-        Err(ErrorKind::TimedOut) => false,
-        Err(e) => panic!("connect {dst}: {e}"),
-    }
-}
 
 fn pinned_link(pins: &Path, iface: &str) -> (u64, u64) {
     let out = Command::new("bpftool")

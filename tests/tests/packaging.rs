@@ -1,9 +1,16 @@
 //! The systemd unit passes `systemd-analyze verify`, and the Debian package (built by
 //! `cargo xtask test` before the tests run) holds the binary, the unit and the config.
 
-use std::{path::Path, process::Command};
+use std::{net::TcpListener, path::Path, process::Command, time::Duration};
 
-use exfw_tests::daemon::exfw_binary;
+use exfw_tests::{
+    daemon::{
+        Daemon, GATEWAY_CONFIG, METRICS, Scratch, connects, exfw_binary, http_get, wait_until,
+        write_config,
+    },
+    netns::Topology,
+    require_root,
+};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
@@ -17,10 +24,16 @@ fn systemd_unit_verifies_and_is_hardened() {
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "ExecStart=/usr/bin/exfw run --config /etc/exfw/exfw.toml",
-        "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_RESOURCE",
+        "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
         "ProtectSystem=strict",
-        "ReadWritePaths=/sys/fs/bpf",
+        "ReadWritePaths=/sys/fs/bpf/exfw",
         "NoNewPrivileges=yes",
+        "Before=network-pre.target shutdown.target",
+        "Wants=network-pre.target",
+        "OnFailure=exfw-fail-closed.service",
+        "WatchdogSec=30s",
+        "IPAddressDeny=any",
+        "ProtectProc=invisible",
     ] {
         assert!(
             unit.lines().any(|l| l == line),
@@ -81,6 +94,8 @@ fn debian_package_holds_binary_unit_and_config() {
     for path in [
         "./usr/bin/exfw",
         "./lib/systemd/system/exfw.service",
+        "./lib/systemd/system/exfw-fail-closed.service",
+        "./usr/share/exfw/exfw-fail-closed-last-resort.nft",
         "./etc/exfw/exfw.toml",
         "./usr/share/doc/exfw/operations.md",
         "./usr/share/doc/exfw/config.md",
@@ -138,4 +153,143 @@ fn debian_package_holds_binary_unit_and_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The unit's value of `key` (continuation lines joined as systemd joins them).
+fn unit_value(unit: &str, key: &str) -> String {
+    let text = std::fs::read_to_string(root().join("packaging").join(unit)).unwrap();
+    let joined = text.replace("\\\n", " ");
+    joined
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{unit} has no {key}="))
+        .to_string()
+}
+
+#[test]
+fn the_unit_scores_under_two_in_systemd_analyze_security() {
+    // --offline reads the file as it is; --threshold makes the score the exit status.
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=19"])
+        .arg(root().join("packaging/exfw.service"))
+        .output()
+        .expect("systemd-analyze");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("{score}");
+    assert!(
+        out.status.success(),
+        "the exposure score must stay under 2.0: {score}\n{text}"
+    );
+}
+
+#[test]
+fn the_units_capabilities_are_enough_and_cap_perfmon_is_needed() {
+    require_root();
+    let caps: Vec<String> = unit_value("exfw.service", "CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let bounding = |caps: &[String]| format!("--bounding-set=-all,{}", caps.join(","));
+    let scratch = Scratch::new("caps");
+    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
+    let _listener = net
+        .inside
+        .run(|| TcpListener::bind("0.0.0.0:3389").unwrap());
+    write_config(&scratch.config(), GATEWAY_CONFIG);
+
+    // Without CAP_PERFMON the verifier refuses the program's packet-pointer arithmetic.
+    let without: Vec<String> = caps.iter().filter(|c| *c != "+perfmon").cloned().collect();
+    let refused = Daemon::start_under(
+        &["setpriv", &bounding(&without), "--inh-caps=-all", "--"],
+        &net.gateway,
+        &scratch.config(),
+        &scratch.pins,
+        &scratch.log("without-perfmon"),
+    );
+    let log = refused.log.clone();
+    assert_eq!(refused.wait(Duration::from_secs(30)), Some(1));
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(text.contains("the verifier rejected"), "{text}");
+    let _ = Command::new(exfw_binary())
+        .args(["detach", "--pin-dir"])
+        .arg(&scratch.pins)
+        .output();
+
+    // With exactly the unit's set it runs and enforces.
+    let mut daemon = Daemon::start_under(
+        &["setpriv", &bounding(&caps), "--inh-caps=-all", "--"],
+        &net.gateway,
+        &scratch.config(),
+        &scratch.pins,
+        &scratch.log("unit-caps"),
+    );
+    wait_until("/readyz", Duration::from_secs(30), || {
+        assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());
+        http_get(&net.gateway, METRICS, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    assert!(!connects(&net.outside, 3389));
+}
+
+#[test]
+fn the_fail_closed_unit_loads_the_policy_or_else_the_last_resort() {
+    require_root();
+    let script = unit_value("exfw-fail-closed.service", "ExecStart");
+    let script = script
+        .strip_prefix("/bin/sh -c '")
+        .and_then(|s| s.trim_end().strip_suffix('\''))
+        .expect("ExecStart=/bin/sh -c '...'")
+        .to_string();
+    let scratch = Scratch::new("failclosed");
+    let run_dir = scratch.work.join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let script = script
+        .replace("/usr/bin/exfw", exfw_binary().to_str().unwrap())
+        .replace("/etc/exfw/exfw.toml", scratch.config().to_str().unwrap())
+        .replace("/run/exfw-fail-closed", run_dir.to_str().unwrap())
+        .replace(
+            "/usr/share/exfw/exfw-fail-closed-last-resort.nft",
+            root()
+                .join("packaging/exfw-fail-closed-last-resort.nft")
+                .to_str()
+                .unwrap(),
+        );
+    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
+    let _listeners: Vec<TcpListener> = net.inside.run(|| {
+        [443, 3389]
+            .iter()
+            .map(|p| TcpListener::bind(format!("0.0.0.0:{p}")).unwrap())
+            .collect()
+    });
+    let run = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", net.gateway.name(), "sh", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    // No XDP at all (exfw never started): the exported policy enforces in nftables.
+    write_config(&scratch.config(), GATEWAY_CONFIG);
+    let said = run();
+    assert!(said.contains("table inet exfw"), "{said}");
+    assert!(connects(&net.outside, 443), "the policy allows https");
+    assert!(!connects(&net.outside, 3389), "and nothing else");
+    net.gateway
+        .exec(&["nft", "delete", "table", "inet", "exfw"]);
+    // A config that cannot even be exported: forwarding stops.
+    write_config(&scratch.config(), "version = 1\n");
+    let said = run();
+    assert!(said.contains("last-resort"), "{said}");
+    let tables = net.gateway.exec(&["nft", "list", "tables"]);
+    assert!(tables.contains("exfw_last_resort"), "{tables}");
+    assert!(!connects(&net.outside, 443), "forwarding must stop");
 }

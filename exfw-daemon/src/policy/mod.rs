@@ -195,6 +195,18 @@ pub enum PolicyError {
         /// The other class.
         second: String,
     },
+    /// A kernel table cannot hold the policy twice (the running generation and the new one).
+    #[error(
+        "the policy needs {used} {table}, more than the {room} one generation may take (each kernel table holds the running policy and the new one during a reload): split the config or use wider prefixes"
+    )]
+    TableFull {
+        /// The table.
+        table: &'static str,
+        /// Entries needed.
+        used: usize,
+        /// Entries one generation may take.
+        room: usize,
+    },
     /// Too many prefixes for the kernel tables.
     #[error("{count} prefixes exceed the limit of {limit} per address family")]
     TooManyPrefixes {

@@ -1,0 +1,452 @@
+//! A bad day, on the real kernel path: reloads that would remove protection, a config written
+//! slowly in place, interfaces deleted, re-created and renamed under the daemon, a config file
+//! that is gone, a directory, a pipe or writable by everyone, SIGTERM in the middle of a reload,
+//! and a daemon that keeps answering while it counts a large flow table and reloads a large
+//! config. After every fault the policy in force is the last good one.
+
+use std::{
+    io::Write,
+    net::TcpListener,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use exfw_tests::{
+    daemon::{
+        GATEWAY_CONFIG, METRICS, Scratch, connects, exfw_binary, http_get, http_get_here,
+        more_servers, value, wait_until, write_config,
+    },
+    netns::{Namespace, Topology},
+    require_root,
+};
+
+fn listen(inside: &Namespace, ports: &[u16]) -> Vec<TcpListener> {
+    inside.run(|| {
+        ports
+            .iter()
+            .map(|p| TcpListener::bind(format!("0.0.0.0:{p}")).unwrap())
+            .collect()
+    })
+}
+
+fn reloads(gateway: &Namespace, result: &str) -> f64 {
+    value(
+        gateway,
+        "exfw_config_reloads_total",
+        &[&format!(r#"result="{result}""#)],
+    )
+}
+
+fn state(gateway: &Namespace, iface: &str, state: &str) -> f64 {
+    value(
+        gateway,
+        "exfw_interface_state",
+        &[
+            &format!(r#"iface="{iface}""#),
+            &format!(r#"state="{state}""#),
+        ],
+    )
+}
+
+/// `exfw status` run where the daemon runs (interface names resolve per network namespace).
+fn status_text(gateway: &Namespace, pins: &std::path::Path) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", gateway.name()))
+        .arg(exfw_binary())
+        .args(["status", "--pin-dir"])
+        .arg(pins)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The gateway config without in0 (out0 taking the server's traffic too): valid, but it would
+/// stop filtering in0.
+fn without_in0() -> String {
+    let block = "[[interface]]\nname = \"in0\"\nxdp_mode = \"driver\"\naccepts = [\"mailbox\"]\n";
+    assert!(GATEWAY_CONFIG.contains(block));
+    GATEWAY_CONFIG.replace(block, "").replace(
+        r#"accepts = ["external"]"#,
+        r#"accepts = ["external", "mailbox"]"#,
+    )
+}
+
+#[test]
+fn reloads_never_remove_protection_by_accident() {
+    require_root();
+    let scratch = Scratch::new("guard");
+    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
+    let _listeners = listen(&net.inside, &[443, 3389]);
+    let four_servers = format!("{GATEWAY_CONFIG}{}", more_servers(3));
+    write_config(&scratch.config(), &four_servers);
+    let daemon = scratch.start_ready(&net.gateway, "guard");
+    let generation = value(&net.gateway, "exfw_policy_generation", &[]);
+
+    // A config that no longer names in0: refused, in0 stays filtered.
+    write_config(&scratch.config(), &without_in0());
+    wait_until("the refusal", Duration::from_secs(10), || {
+        value(
+            &net.gateway,
+            "exfw_config_reload_refusals_total",
+            &[r#"reason="detaches_interface""#],
+        ) == 1.0
+    });
+    assert!(
+        daemon.log_text().contains("exfw detach in0"),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        value(&net.gateway, "exfw_config_last_reload_successful", &[]),
+        0.0
+    );
+    assert_eq!(
+        value(&net.gateway, "exfw_policy_generation", &[]),
+        generation
+    );
+    assert!(status_text(&net.gateway, &scratch.pins).contains("in0 (driver, attached)"));
+
+    // Three of the four servers gone (75 % > the default 50 %): refused.
+    write_config(&scratch.config(), GATEWAY_CONFIG);
+    wait_until("the second refusal", Duration::from_secs(10), || {
+        value(
+            &net.gateway,
+            "exfw_config_reload_refusals_total",
+            &[r#"reason="removes_protected_addresses""#],
+        ) == 1.0
+    });
+    assert!(
+        daemon
+            .log_text()
+            .contains("removes 3 of the 4 protected addresses"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(connects(&net.outside, 443));
+    assert!(!connects(&net.outside, 3389));
+
+    // Written slowly in place: nothing is loaded until the writer closes the file, then the
+    // complete file is (here one that allows the removal explicitly).
+    let explicit = format!("{GATEWAY_CONFIG}\n[reload]\nmax_protected_removal_percent = 100\n");
+    let (successes, failures) = (
+        reloads(&net.gateway, "success"),
+        reloads(&net.gateway, "failure"),
+    );
+    let mut file = std::fs::File::create(scratch.config()).unwrap();
+    file.write_all(&explicit.as_bytes()[..explicit.len() / 2])
+        .unwrap();
+    file.flush().unwrap();
+    // Proving an absence takes time: three debounce periods with the half file open.
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(
+        reloads(&net.gateway, "failure"),
+        failures,
+        "a half-written file was loaded"
+    );
+    assert_eq!(reloads(&net.gateway, "success"), successes);
+    file.write_all(&explicit.as_bytes()[explicit.len() / 2..])
+        .unwrap();
+    drop(file);
+    wait_until(
+        "the reload of the completed file",
+        Duration::from_secs(10),
+        || reloads(&net.gateway, "success") == successes + 1.0,
+    );
+    assert_eq!(reloads(&net.gateway, "failure"), failures);
+
+    // The explicit way to remove an interface: exfw detach IFACE while the daemon runs.
+    let out = Command::new(exfw_binary())
+        .args(["detach", "--pin-dir"])
+        .arg(&scratch.pins)
+        .arg("in0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("until its next reload"));
+    wait_until("in0 reported detached", Duration::from_secs(10), || {
+        state(&net.gateway, "in0", "detached") == 1.0
+    });
+    let (code, body) = http_get(&net.gateway, METRICS, "/readyz").unwrap();
+    assert_eq!(
+        (code, body.trim()),
+        (503, "not ready: unfiltered interfaces: in0 detached")
+    );
+    // Now the shortened config goes through, and the daemon is ready again.
+    let successes = reloads(&net.gateway, "success");
+    write_config(&scratch.config(), &without_in0());
+    wait_until("the reload without in0", Duration::from_secs(10), || {
+        reloads(&net.gateway, "success") == successes + 1.0
+    });
+    assert_eq!(http_get(&net.gateway, METRICS, "/readyz").unwrap().0, 200);
+    let status = status_text(&net.gateway, &scratch.pins);
+    assert!(
+        status.contains("interfaces:  out0 (driver, attached)\n"),
+        "{status}"
+    );
+    assert!(!connects(&net.outside, 3389));
+}
+
+#[test]
+fn interfaces_deleted_recreated_or_renamed_are_filtered_again() {
+    require_root();
+    let scratch = Scratch::new("links");
+    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
+    let _listeners = listen(&net.inside, &[443, 3389]);
+    write_config(&scratch.config(), GATEWAY_CONFIG);
+    let daemon = scratch.start_ready(&net.gateway, "links");
+
+    // The outside link is deleted (a VLAN or bond re-created, a driver reloaded).
+    net.gateway.ip(&["link", "del", "out0"]);
+    wait_until("out0 reported missing", Duration::from_secs(5), || {
+        state(&net.gateway, "out0", "missing") == 1.0
+    });
+    assert_eq!(
+        value(
+            &net.gateway,
+            "exfw_interface_attached",
+            &[r#"iface="out0""#]
+        ),
+        0.0
+    );
+    let (code, body) = http_get(&net.gateway, METRICS, "/readyz").unwrap();
+    assert_eq!(
+        (code, body.trim()),
+        (503, "not ready: unfiltered interfaces: out0 missing")
+    );
+    let status = status_text(&net.gateway, &scratch.pins);
+    assert!(status.contains("out0 (driver, missing)"), "{status}");
+
+    // Re-created under the same name: a new interface index, the old link dead.
+    let recreated = Instant::now();
+    net.gateway.veth_to("out0", &net.outside);
+    wait_until("out0 filtered again", Duration::from_secs(5), || {
+        state(&net.gateway, "out0", "attached") == 1.0
+    });
+    let took = recreated.elapsed();
+    eprintln!(
+        "out0 re-attached {} ms after it was re-created",
+        took.as_millis()
+    );
+    net.outside
+        .ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0", "nodad"]);
+    net.outside.ip(&["link", "set", "eth0", "up"]);
+    net.gateway
+        .ip(&["addr", "add", "203.0.113.1/24", "dev", "out0", "nodad"]);
+    net.gateway.ip(&["link", "set", "out0", "up"]);
+    net.gateway.ip(&["route", "add", "default", "dev", "out0"]);
+    net.outside
+        .ip(&["route", "add", "default", "via", "203.0.113.1"]);
+    assert!(connects(&net.outside, 443));
+    assert!(
+        !connects(&net.outside, 3389),
+        "the re-created out0 is unfiltered"
+    );
+    assert!(status_text(&net.gateway, &scratch.pins).contains("out0 (driver, attached)"));
+    assert!(
+        daemon.log_text().contains("no longer filters out0"),
+        "{}",
+        daemon.log_text()
+    );
+
+    // Renamed away and back: missing meanwhile, the same link filters it again after.
+    net.gateway.ip(&["link", "set", "in0", "name", "in9"]);
+    wait_until("in0 reported missing", Duration::from_secs(5), || {
+        state(&net.gateway, "in0", "missing") == 1.0
+    });
+    net.gateway.ip(&["link", "set", "in9", "name", "in0"]);
+    wait_until("in0 filtered again", Duration::from_secs(5), || {
+        state(&net.gateway, "in0", "attached") == 1.0
+    });
+    assert_eq!(http_get(&net.gateway, METRICS, "/readyz").unwrap().0, 200);
+    // A reload after all this still works (the dead pin was replaced, not reused).
+    let successes = reloads(&net.gateway, "success");
+    write_config(&scratch.config(), &format!("{GATEWAY_CONFIG}\n"));
+    wait_until("a reload", Duration::from_secs(10), || {
+        reloads(&net.gateway, "success") == successes + 1.0
+    });
+    assert!(!connects(&net.outside, 3389));
+}
+
+#[test]
+fn a_broken_config_file_keeps_the_policy_in_force() {
+    require_root();
+    let scratch = Scratch::new("cfgfault");
+    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
+    let _listeners = listen(&net.inside, &[443, 3389]);
+    let config = scratch.config();
+    write_config(&config, GATEWAY_CONFIG);
+    let daemon = scratch.start_ready(&net.gateway, "cfgfault");
+    let generation = value(&net.gateway, "exfw_policy_generation", &[]);
+    let mut failures = reloads(&net.gateway, "failure");
+    let mut expect_failure = |what: &str, says: &str, fault: &dyn Fn()| {
+        fault();
+        let sighup = Command::new("kill")
+            .args(["-HUP", &daemon.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sighup.success());
+        wait_until(what, Duration::from_secs(10), || {
+            reloads(&net.gateway, "failure") == failures + 1.0
+        });
+        failures += 1.0;
+        assert!(
+            daemon.log_text().contains(says),
+            "{what}: {}",
+            daemon.log_text()
+        );
+        assert_eq!(
+            value(&net.gateway, "exfw_policy_generation", &[]),
+            generation,
+            "{what}"
+        );
+    };
+    expect_failure("deleted", "cannot read the config file", &|| {
+        std::fs::remove_file(&config).unwrap()
+    });
+    expect_failure("a directory", "not a regular file", &|| {
+        std::fs::create_dir(&config).unwrap()
+    });
+    expect_failure("a pipe", "not a regular file", &|| {
+        std::fs::remove_dir(&config).unwrap();
+        let path = std::ffi::CString::new(config.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    });
+    expect_failure("writable by everyone", "chmod o-w", &|| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::remove_file(&config).unwrap();
+        std::fs::write(&config, GATEWAY_CONFIG).unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    });
+    expect_failure("cut mid-line", "exfw.toml:", &|| {
+        let cut = &GATEWAY_CONFIG[..GATEWAY_CONFIG.find("roles = [").unwrap() + 10];
+        write_config(&config, cut);
+    });
+    assert!(connects(&net.outside, 443));
+    assert!(!connects(&net.outside, 3389));
+    assert_eq!(http_get(&net.gateway, METRICS, "/readyz").unwrap().0, 200);
+}
+
+#[test]
+fn the_daemon_answers_while_it_counts_and_reloads_and_stops_only_after_a_reload() {
+    require_root();
+    let scratch = Scratch::new("busy");
+    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
+    write_config(&scratch.config(), GATEWAY_CONFIG);
+    let daemon = scratch.start_ready(&net.gateway, "busy");
+
+    // 100,000 connections in the flow table, written the way the program writes them.
+    fill_flow_table(&scratch.pins, 100_000);
+    // A 10,000-server config, loaded on SIGHUP while /healthz is asked every 20 ms.
+    write_config(
+        &scratch.config(),
+        &format!("{GATEWAY_CONFIG}{}", more_servers(10_000)),
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let done = done.clone();
+        net.gateway.spawn(move || {
+            let mut slowest = Duration::ZERO;
+            let mut answered = 0u32;
+            while !done.load(Ordering::Relaxed) {
+                let asked = Instant::now();
+                let reply = http_get_here(METRICS, "/healthz");
+                assert_eq!(reply.map(|r| r.0), Some(200), "/healthz did not answer");
+                slowest = slowest.max(asked.elapsed());
+                answered += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (answered, slowest)
+        })
+    };
+    let generation = value(&net.gateway, "exfw_policy_generation", &[]);
+    let started = Instant::now();
+    daemon.signal(libc::SIGHUP);
+    wait_until("the 10,000-server reload", Duration::from_secs(120), || {
+        value(&net.gateway, "exfw_policy_generation", &[]) > generation
+    });
+    let reload_took = started.elapsed();
+    wait_until("the flow count", Duration::from_secs(60), || {
+        value(&net.gateway, "exfw_flow_table_entries", &[]) >= 100_000.0
+    });
+    done.store(true, Ordering::Relaxed);
+    let (answered, slowest) = poller.join().unwrap();
+    eprintln!(
+        "reload of 10,000 servers with 100,000 flows: {} ms; /healthz answered {answered} times, slowest {} ms",
+        reload_took.as_millis(),
+        slowest.as_millis()
+    );
+    assert!(
+        answered >= 3,
+        "too few /healthz probes ({answered}) to show anything"
+    );
+
+    // SIGTERM in the middle of a reload (the same large config, a new generation): the reload
+    // completes, then the daemon stops, and the pinned policy is whole.
+    write_config(
+        &scratch.config(),
+        &format!("{GATEWAY_CONFIG}{}\n", more_servers(10_000)),
+    );
+    let reloaded = value(&net.gateway, "exfw_policy_generation", &[]);
+    daemon.signal(libc::SIGHUP);
+    wait_until(
+        "the second reload to start",
+        Duration::from_secs(20),
+        || daemon.log_text().matches("reload started").count() >= 2,
+    );
+    daemon.signal(libc::SIGTERM);
+    let log = daemon.log.clone();
+    assert_eq!(daemon.wait(Duration::from_secs(120)), Some(0));
+    let text = std::fs::read_to_string(log).unwrap();
+    let stopped = text
+        .find("stopping; the pinned policy stays in force")
+        .unwrap();
+    let applied = text.rfind("config reloaded").unwrap();
+    assert!(applied < stopped, "{text}");
+    let status = status_text(&net.gateway, &scratch.pins);
+    assert!(
+        status.contains(&format!("generation:  {}", reloaded as u64 + 1)),
+        "{status}"
+    );
+}
+
+/// Writes `count` confirmed connections into the pinned flow table.
+fn fill_flow_table(pins: &std::path::Path, count: u32) {
+    use exfw_common::{FlowKey, FlowValue, family, flow_state, proto};
+    let map = aya::maps::MapData::from_pin(pins.join("maps").join("EXFW_FLOWS")).unwrap();
+    let mut flows = aya::maps::HashMap::<_, FlowKey, FlowValue>::try_from(
+        aya::maps::Map::from_map_data(map).unwrap(),
+    )
+    .unwrap();
+    let now = exfw_tests::monotonic_ns();
+    for i in 0..count {
+        let mut key = FlowKey {
+            proto: proto::TCP,
+            family: family::V4,
+            lo_port: 443,
+            hi_port: 1024 + (i % 60_000) as u16,
+            ..Default::default()
+        };
+        key.lo[..4].copy_from_slice(&[192, 0, 2, 2]);
+        key.hi[..4].copy_from_slice(&[198, 51, 100, (i / 60_000) as u8]);
+        let value = FlowValue {
+            last_seen_ns: now,
+            state: flow_state::OPEN,
+            ..Default::default()
+        };
+        flows.insert(key, value, 0).unwrap();
+    }
+}
