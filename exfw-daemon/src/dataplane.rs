@@ -198,6 +198,9 @@ fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
             source: std::io::Error::last_os_error(),
         });
     }
+    warn!(
+        "bpffs was not mounted on /sys/fs/bpf: exfw mounted it (pins in it vanish with this mount namespace; systemd mounts it at boot)"
+    );
     Ok(())
 }
 
@@ -1073,6 +1076,10 @@ impl Dataplane {
             .map(|i| ifindex_of(&i.name).unwrap_or(0))
             .collect();
         let next = self.generation.wrapping_add(1).max(1);
+        // Entries a reload interrupted before its flip (a kill, a crash) must not survive
+        // into this generation: only the one in force stays.
+        let current = self.generation;
+        self.remove_generations(|g| g != current)?;
         let entries = encode(policy, next, &ifindexes);
         // Refused before anything is written: a policy that fits only once would make every
         // later reload fail, a switch to audit included.
@@ -1273,11 +1280,17 @@ impl Dataplane {
                     what: format!("using the pinned link {}", path.display()),
                     source: std::io::Error::other(e.to_string()),
                 })?;
-            self.firewall()?
-                .attach_to_link(link)
-                .map_err(prog_err(format!(
-                    "replacing the program on {iface} through its pinned link"
-                )))?;
+            let program = self.firewall()?;
+            let id = program.attach_to_link(link).map_err(prog_err(format!(
+                "replacing the program on {iface} through its pinned link"
+            )))?;
+            // aya keeps the link it updated; the pin holds it. Keeping the descriptor would
+            // leak one per reload and keep the program attached after `exfw detach IFACE`.
+            drop(
+                program
+                    .take_link(id)
+                    .map_err(prog_err(format!("releasing the link of {iface}")))?,
+            );
             return Ok(pinned_mode);
         }
         let links_dir = self.pins.as_ref().map(|p| p.dir.join("links"));

@@ -74,11 +74,13 @@ pub fn reconcile(
             let state = match ifindex_of(&iface.name) {
                 None => InterfaceState::Missing,
                 Some(index) => match dataplane.pinned_link(&iface.name) {
-                    // A live link on this very interface (or one whose details cannot be read,
-                    // which is not evidence of a dead one).
-                    Some((mode, linked)) if linked.is_none_or(|l| l == index) => {
-                        InterfaceState::Attached(mode)
-                    }
+                    // A live link on this very interface.
+                    Some((mode, Some(linked))) if linked == index => InterfaceState::Attached(mode),
+                    // A pin that cannot be read as a link proves nothing: not ready.
+                    Some((_, None)) => InterfaceState::Failed(format!(
+                        "the pinned link of {} cannot be read; `exfw detach {}` and a reload replace it",
+                        iface.name, iface.name
+                    )),
                     None if matches!(
                         before,
                         Some(InterfaceState::Attached(_) | InterfaceState::Detached)
@@ -88,6 +90,8 @@ pub fn reconcile(
                     }
                     _ => match dataplane.attach(&iface.name, iface.mode) {
                         Ok(mode) => InterfaceState::Attached(mode),
+                        // Deleted while we looked (the next link event brings it back).
+                        Err(_) if ifindex_of(&iface.name) != Some(index) => InterfaceState::Missing,
                         Err(e) => InterfaceState::Failed(e.to_string()),
                     },
                 },

@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use exfw_daemon::cli::{Cli, run};
+use exfw_daemon::{
+    cli::{Cli, run},
+    reload::{EXIT_REFUSED, Refusal},
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -17,7 +20,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("exfw: {error:#}");
-            ExitCode::from(1)
+            if error.chain().any(|e| e.is::<Refusal>()) {
+                ExitCode::from(EXIT_REFUSED)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

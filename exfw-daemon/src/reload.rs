@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use exfw_common::{DropEvent, Reason, family};
 use sd_notify::NotifyState;
 use tokio::{signal::unix::SignalKind, sync::mpsc};
@@ -28,6 +28,10 @@ use crate::{
     policy::{Compiled, compile},
     server,
 };
+
+/// The exit status of a start refused because it would remove protection (the pinned policy
+/// stays in force): the unit does not restart on it, and the fail-closed fallback leaves it be.
+pub const EXIT_REFUSED: u8 = 3;
 
 /// Why a reload (or a start over pinned state) is refused: it would take protection away that
 /// the operator did not ask to remove.
@@ -149,11 +153,15 @@ fn check_interfaces(config: &Config, path: &Path) -> Result<()> {
     }
     for iface in &config.interfaces {
         if crate::dataplane::ifindex_of(&iface.name).is_none() {
-            bail!(
-                "interface `{}` does not exist on this host; fix its [[interface]] entry in {}",
+            // At boot exfw starts before the network manager creates VLANs and bonds; a
+            // missing interface is attached the moment it appears, and reported meanwhile.
+            error!(
+                iface = %iface.name,
+                "interface `{}` does not exist (yet): exfw attaches to it as soon as it appears and reports it missing until then (/readyz 503, exfw_interface_state); if the name is wrong, fix its [[interface]] entry in {}",
                 iface.name,
                 path.display()
             );
+            continue;
         }
         if iface.reverse_path {
             warn_without_forwarding(&iface.name);
@@ -189,12 +197,18 @@ fn warn_without_forwarding(iface: &str) {
     }
 }
 
-/// Makes the interfaces match the config: attach (or adopt) the configured ones, detach the
-/// pinned ones the config no longer names (only dead links or ones detached explicitly remain
-/// by then: `refusal` stopped the rest).
-fn sync_interfaces(dataplane: &mut Dataplane, config: &Config) -> Result<Vec<InterfaceStatus>> {
+/// Attaches (or adopts, through its pinned link) every configured interface that exists; the
+/// others are missing until the link watcher sees them appear.
+fn attach_interfaces(dataplane: &mut Dataplane, config: &Config) -> Result<Vec<InterfaceStatus>> {
     let mut attached = Vec::new();
     for iface in &config.interfaces {
+        if crate::dataplane::ifindex_of(&iface.name).is_none() {
+            attached.push(InterfaceStatus {
+                name: iface.name.clone(),
+                state: InterfaceState::Missing,
+            });
+            continue;
+        }
         let mode = dataplane
             .attach(&iface.name, iface.mode)
             .with_context(|| format!("attaching to {}", iface.name))?;
@@ -203,24 +217,42 @@ fn sync_interfaces(dataplane: &mut Dataplane, config: &Config) -> Result<Vec<Int
             state: InterfaceState::Attached(mode),
         });
     }
+    Ok(attached)
+}
+
+/// Detaches the pinned interfaces the config no longer names (only dead links or ones detached
+/// explicitly remain by then: `refusal` stopped the rest).
+fn detach_unnamed(dataplane: &mut Dataplane, config: &Config) -> Result<()> {
     for (iface, _) in dataplane.pinned_links() {
         if !config.interfaces.iter().any(|i| i.name == iface) {
             dataplane.detach(&iface)?;
         }
     }
-    Ok(attached)
+    Ok(())
 }
 
-/// Applies a compiled policy under the data-plane lock: stable rule slots, a new generation,
-/// the interfaces; then publishes the config, policy and interface states it applied.
+/// Applies a compiled policy under the data-plane lock: stable rule slots, the interfaces, a
+/// new generation; then publishes the config, policy and interface states it applied.
+///
+/// Interfaces are attached before the flip, so a failure there leaves the running generation
+/// in force (an interface attached anew meanwhile drops what arrives as `unknown_interface`).
+/// After the flip nothing can fail but the removal of unnamed interfaces, and what is in force
+/// is published either way.
 fn apply(shared: &Shared, mut compiled: Compiled, config: Config) -> Result<u32> {
     let mut dataplane = shared.dataplane.lock().unwrap_or_else(|e| e.into_inner());
     dataplane.assign_rule_slots(&mut compiled)?;
+    let attached = attach_interfaces(&mut dataplane, &config)?;
     let generation = dataplane.apply(&compiled.policy)?;
-    let attached = sync_interfaces(&mut dataplane, &config)?;
+    let detached = detach_unnamed(&mut dataplane, &config);
     *shared.compiled.write().unwrap_or_else(|e| e.into_inner()) = compiled;
     *shared.interfaces.write().unwrap_or_else(|e| e.into_inner()) = attached;
     *shared.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+    if let Err(e) = detached {
+        error!(
+            generation,
+            "the new policy is in force, but removing an interface the config no longer names failed: {e:#}"
+        );
+    }
     Ok(generation)
 }
 
@@ -444,13 +476,16 @@ fn log_drops(shared: &Shared, ring: &mut EventRing, names: &mut BTreeMap<u32, St
 
 /// Whether a file event means the file is complete: a writer closed it, or a complete file
 /// was renamed into place (the safe way to deploy). Writes still in progress (modify) and
-/// creation do not count; a deletion does, so the failed load says the file is gone.
+/// creation do not count; a deletion does, so the failed load says the file is gone, and so
+/// does a change of mode or owner (`chmod o-w` on a refused file).
 fn completes_the_file(kind: &notify::EventKind) -> bool {
     use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
     matches!(
         kind,
         notify::EventKind::Access(AccessKind::Close(AccessMode::Write))
-            | notify::EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            | notify::EventKind::Modify(
+                ModifyKind::Name(RenameMode::To | RenameMode::Both) | ModifyKind::Metadata(_)
+            )
             | notify::EventKind::Remove(_)
     )
 }
@@ -477,14 +512,10 @@ struct Job {
 async fn run_async(options: RunOptions) -> Result<()> {
     let (config, compiled) = load_config(&options.config).context("nothing was changed")?;
     check_interfaces(&config, &options.config)?;
-    let mut dataplane = Dataplane::load(LoadOptions {
-        flow_entries: config.limits.flow_entries,
-        pending_entries: config.limits.pending_entries,
-        pin_dir: Some(options.pin_dir.clone()),
-        ..Default::default()
-    })?;
-    if let Some(refused) = refusal(None, &config, &filtered_interfaces(&dataplane)) {
-        bail!("{refused}; the pinned policy stays in force");
+    // A second daemon is told so first; then the port is bound before the kernel is touched:
+    // a taken port fails the start with nothing changed.
+    if crate::dataplane::daemon_running(&options.pin_dir) {
+        return Err(crate::dataplane::DataplaneError::Busy(options.pin_dir.clone()).into());
     }
     let listener = server::bind(config.metrics_listen).await.with_context(|| {
         format!(
@@ -492,6 +523,15 @@ async fn run_async(options: RunOptions) -> Result<()> {
             config.metrics_listen
         )
     })?;
+    let mut dataplane = Dataplane::load(LoadOptions {
+        flow_entries: config.limits.flow_entries,
+        pending_entries: config.limits.pending_entries,
+        pin_dir: Some(options.pin_dir.clone()),
+        ..Default::default()
+    })?;
+    if let Some(refused) = refusal(None, &config, &filtered_interfaces(&dataplane)) {
+        return Err(anyhow::Error::new(refused).context("the pinned policy stays in force"));
+    }
     if !config.metrics_listen.ip().is_loopback() {
         warn!(
             listen = %config.metrics_listen,

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod differential;
+pub mod fuzz;
 pub mod generate;
 pub mod lab;
 pub mod netns;

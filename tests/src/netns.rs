@@ -472,6 +472,22 @@ fn first_host(net: &ipnet::IpNet) -> String {
 }
 
 impl Topology {
+    /// Re-creates the outside link (`out0`/`eth0`) after it was deleted, with the addresses
+    /// and routes of a topology built with outside address 203.0.113.2/24: what a re-created
+    /// VLAN or a reloaded driver looks like to exfw.
+    pub fn recreate_outside_link(&self) {
+        self.gateway.veth_to("out0", &self.outside);
+        self.outside
+            .ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0", "nodad"]);
+        self.outside.ip(&["link", "set", "eth0", "up"]);
+        self.gateway
+            .ip(&["addr", "add", "203.0.113.1/24", "dev", "out0", "nodad"]);
+        self.gateway.ip(&["link", "set", "out0", "up"]);
+        self.gateway.ip(&["route", "add", "default", "dev", "out0"]);
+        self.outside
+            .ip(&["route", "add", "default", "via", "203.0.113.1"]);
+    }
+
     /// Builds the topology; addresses are `address/prefix-length`.
     pub fn new(outside_addresses: &[&str], inside_addresses: &[&str]) -> Topology {
         let Network { gateway, mut legs } =

@@ -74,16 +74,16 @@ fn daemon_lifecycle() {
             .collect()
     });
 
-    // A start that cannot succeed (unknown interface) exits 1 and changes nothing.
+    // A start that cannot succeed (a config error) exits 1 and changes nothing.
     write_config(
         &config,
-        &GATEWAY_CONFIG.replace("name = \"in0\"", "name = \"nope0\""),
+        &GATEWAY_CONFIG.replace("xdp_mode = \"driver\"", "xdp_mode = \"turbo\""),
     );
     let failed = Daemon::start(&net.gateway, &config, &pins, &log("failed-start"));
     let log_path = failed.log.clone();
     assert_eq!(failed.wait(Duration::from_secs(20)), Some(1));
     let text = std::fs::read_to_string(&log_path).unwrap();
-    assert!(text.contains("interface `nope0` does not exist"), "{text}");
+    assert!(text.contains("xdp_mode `turbo` is unknown"), "{text}");
     assert!(!pins.exists(), "a failed start must not pin anything");
     assert!(connects(&net.outside, 3389), "nothing is enforcing yet");
 

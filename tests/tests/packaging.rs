@@ -239,11 +239,12 @@ fn the_units_capabilities_are_enough_and_cap_perfmon_is_needed() {
 fn the_fail_closed_unit_loads_the_policy_or_else_the_last_resort() {
     require_root();
     let script = unit_value("exfw-fail-closed.service", "ExecStart");
+    // As systemd reads it: `$$` is a literal `$`.
     let script = script
         .strip_prefix("/bin/sh -c '")
         .and_then(|s| s.trim_end().strip_suffix('\''))
         .expect("ExecStart=/bin/sh -c '...'")
-        .to_string();
+        .replace("$$", "$");
     let scratch = Scratch::new("failclosed");
     let run_dir = scratch.work.join("run");
     std::fs::create_dir_all(&run_dir).unwrap();
@@ -265,9 +266,10 @@ fn the_fail_closed_unit_loads_the_policy_or_else_the_last_resort() {
             .map(|p| TcpListener::bind(format!("0.0.0.0:{p}")).unwrap())
             .collect()
     });
-    let run = || {
+    let run_with = |path: &str| {
         let out = Command::new("ip")
             .args(["netns", "exec", net.gateway.name(), "sh", "-c", &script])
+            .env("PATH", path)
             .output()
             .unwrap();
         assert!(
@@ -277,6 +279,34 @@ fn the_fail_closed_unit_loads_the_policy_or_else_the_last_resort() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     };
+    let path = std::env::var("PATH").unwrap_or_default();
+    // Here systemd is not running: `systemctl show` answers nothing, as for a unit down for good.
+    let run = || run_with(&path);
+    // systemd 254 and later start it also while exfw restarts, or after a refused start: then
+    // it must leave everything alone.
+    write_config(&scratch.config(), GATEWAY_CONFIG);
+    let fake = scratch.work.join("fake-systemctl");
+    std::fs::create_dir_all(&fake).unwrap();
+    for (state, status, says) in [
+        ("activating", "1", "nothing to do"),
+        ("failed", "3", "refused a start"),
+    ] {
+        let systemctl = fake.join("systemctl");
+        std::fs::write(
+            &systemctl,
+            format!(
+                "#!/bin/sh\ncase \"$*\" in *ActiveState*) echo {state};; *ExecMainStatus*) echo {status};; esac\n"
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let said = run_with(&format!("{}:{path}", fake.display()));
+        assert!(said.contains(says), "{state}/{status}: {said}");
+        let tables = net.gateway.exec(&["nft", "list", "tables"]);
+        assert!(!tables.contains("exfw"), "{state}/{status}: {tables}");
+    }
+    assert!(connects(&net.outside, 3389), "nothing filters yet");
     // No XDP at all (exfw never started): the exported policy enforces in nftables.
     write_config(&scratch.config(), GATEWAY_CONFIG);
     let said = run();

@@ -70,6 +70,26 @@ enum Cmd {
     },
     /// Run the benchmarks; prints tables and writes target/bench/exfw.json.
     Bench,
+    /// Fuzz coverage-guided (libFuzzer; rustc's sanitizer coverage, no nightly needed): each
+    /// target for N seconds, inputs that reach new code merged into fuzz/corpus/TARGET (which
+    /// `cargo xtask test` replays); prints executions and writes target/fuzz/report.json.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (config, classifier, differential).
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Soak the daemon (not in CI): mixed allowed and denied connections at full rate, a reload
+    /// every second, the outside interface re-created every minute; fails on any misclassified
+    /// connection, 5 % resident-memory growth or an error in the log. Writes
+    /// target/soak/report.json.
+    Soak {
+        /// How long.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Run the kernel-facing suites in qemu on Debian's 5.10, 6.1 and 6.12 cloud kernels.
     VmTest {
         /// 5.10, 6.1, 6.12 or all.
@@ -101,6 +121,8 @@ fn main() -> Result<()> {
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
         Cmd::Bench => bench(),
+        Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
+        Cmd::Soak { minutes } => soak(minutes),
         Cmd::VmTest { kernel } => vm::vm_test(&kernel),
         Cmd::Lab {
             config,
@@ -275,6 +297,140 @@ fn lab(config: &str, duration: u64, keep: bool) -> Result<()> {
     // Become the lab, so Ctrl-C reaches it and it tears everything down before the shell returns.
     let error = std::os::unix::process::CommandExt::exec(&mut lab);
     Err(error).context("starting target/debug/exfw-lab")
+}
+
+fn soak(minutes: u64) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the soak creates network namespaces and loads XDP programs: run `cargo xtask soak` as root"
+        );
+    }
+    // The daemon as it ships.
+    run(Command::new("cargo").args(["build", "--quiet", "--release", "--locked", "--bins"]))?;
+    run(Command::new("target/release/exfw-soak").args(["--minutes", &minutes.to_string()]))
+}
+
+const FUZZ_TARGETS: [&str; 3] = ["config", "classifier", "differential"];
+const FUZZ_TRIPLE: &str = "x86_64-unknown-linux-gnu";
+
+fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
+    let targets: Vec<&str> = match only {
+        Some(t) if FUZZ_TARGETS.contains(&t) => vec![t],
+        Some(t) => bail!(
+            "no fuzz target `{t}`: choose one of {}",
+            FUZZ_TARGETS.join(", ")
+        ),
+        None => FUZZ_TARGETS.to_vec(),
+    };
+    if targets.contains(&"differential") && !is_root() {
+        bail!(
+            "the differential target loads the XDP program: run `cargo xtask fuzz` as root (or --target config)"
+        );
+    }
+    // What cargo-fuzz passes, without a sanitizer: stable rustc instruments for libFuzzer. The
+    // explicit --target keeps the flags off build scripts (and exfw-daemon's build script
+    // clears them for the eBPF build).
+    let rustflags = [
+        "-Cpasses=sancov-module",
+        "-Cllvm-args=-sanitizer-coverage-level=4",
+        "-Cllvm-args=-sanitizer-coverage-inline-8bit-counters",
+        "-Cllvm-args=-sanitizer-coverage-pc-table",
+        "-Cllvm-args=-sanitizer-coverage-trace-compares",
+        "--cfg=fuzzing",
+        "-Cdebug-assertions",
+        "-Coverflow-checks",
+    ]
+    .join(" ");
+    run(Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--manifest-path",
+            "fuzz/Cargo.toml",
+        ])
+        .args(["--target", FUZZ_TRIPLE])
+        .env("CARGO_TARGET_DIR", "target/fuzz")
+        .env("RUSTFLAGS", &rustflags))?;
+    let mut report = Vec::new();
+    for target in targets {
+        let binary = format!("target/fuzz/{FUZZ_TRIPLE}/release/{target}");
+        let found = format!("target/fuzz/new/{target}");
+        let artifacts = format!("target/fuzz/artifacts/{target}/");
+        fs::create_dir_all(&found)?;
+        fs::create_dir_all(&artifacts)?;
+        let out = Command::new(&binary)
+            .arg(format!("-max_total_time={seconds}"))
+            .args(["-timeout=10", "-print_final_stats=1", "-max_len=4096"])
+            .arg(format!("-artifact_prefix={artifacts}"))
+            .arg(&found)
+            .arg(format!("fuzz/corpus/{target}"))
+            .output()
+            .with_context(|| format!("running {binary}"))?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        let stat = |name: &str| -> u64 {
+            log.lines()
+                .find_map(|l| l.strip_prefix(&format!("stat::{name}:")))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let executions = stat("number_of_executed_units");
+        let per_second = stat("average_exec_per_sec");
+        let coverage = log
+            .lines()
+            .rev()
+            .find_map(|l| l.split_whitespace().skip_while(|w| *w != "cov:").nth(1))
+            .unwrap_or("?")
+            .to_string();
+        if !out.status.success() {
+            bail!(
+                "fuzz target {target} failed ({}); the input is in {artifacts}, add it to fuzz/corpus/{target}/ once fixed:\n{}",
+                out.status,
+                log.lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        // Keep only inputs that reach new code.
+        let merge = Command::new(&binary)
+            .args(["-merge=1"])
+            .arg(format!("fuzz/corpus/{target}"))
+            .arg(&found)
+            .output()
+            .with_context(|| format!("merging the corpus of {target}"))?;
+        if !merge.status.success() {
+            bail!(
+                "merging the corpus of {target} failed: {}",
+                String::from_utf8_lossy(&merge.stderr)
+            );
+        }
+        let corpus = fs::read_dir(format!("fuzz/corpus/{target}"))?.count();
+        report.push((target, executions, per_second, coverage, corpus));
+    }
+    println!(
+        "{:<14} {:>14} {:>10} {:>10} {:>8}",
+        "target", "executions", "per second", "coverage", "corpus"
+    );
+    for (target, executions, per_second, coverage, corpus) in &report {
+        println!("{target:<14} {executions:>14} {per_second:>10} {coverage:>10} {corpus:>8}");
+    }
+    let json: Vec<String> = report
+        .iter()
+        .map(|(t, e, p, c, n)| {
+            format!(
+                "{{\"target\":\"{t}\",\"seconds\":{seconds},\"executions\":{e},\"executions_per_second\":{p},\"coverage\":\"{c}\",\"corpus\":{n}}}"
+            )
+        })
+        .collect();
+    fs::create_dir_all("target/fuzz")?;
+    fs::write("target/fuzz/report.json", format!("[{}]\n", json.join(",")))?;
+    println!("wrote target/fuzz/report.json; commit new inputs in fuzz/corpus/");
+    Ok(())
 }
 
 fn bench() -> Result<()> {
