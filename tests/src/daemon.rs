@@ -102,6 +102,13 @@ impl Daemon {
         }
     }
 
+    /// Waits for the daemon to exit (at most `limit`): its exit code and its whole log.
+    pub fn exit_and_log(self, limit: Duration) -> (Option<i32>, String) {
+        let log = self.log.clone();
+        let code = self.wait(limit);
+        (code, std::fs::read_to_string(log).unwrap_or_default())
+    }
+
     /// The log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

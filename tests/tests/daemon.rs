@@ -80,9 +80,8 @@ fn daemon_lifecycle() {
         &GATEWAY_CONFIG.replace("xdp_mode = \"driver\"", "xdp_mode = \"turbo\""),
     );
     let failed = Daemon::start(&net.gateway, &config, &pins, &log("failed-start"));
-    let log_path = failed.log.clone();
-    assert_eq!(failed.wait(Duration::from_secs(20)), Some(1));
-    let text = std::fs::read_to_string(&log_path).unwrap();
+    let (code, text) = failed.exit_and_log(Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("xdp_mode `turbo` is unknown"), "{text}");
     assert!(!pins.exists(), "a failed start must not pin anything");
     assert!(connects(&net.outside, 3389), "nothing is enforcing yet");
@@ -149,9 +148,8 @@ fn daemon_lifecycle() {
 
     // A second daemon on the same pin path refuses to start.
     let second = Daemon::start(&net.gateway, &config, &pins, &log("second"));
-    let second_log = second.log.clone();
-    assert_eq!(second.wait(Duration::from_secs(20)), Some(1));
-    let text = std::fs::read_to_string(&second_log).unwrap();
+    let (code, text) = second.exit_and_log(Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("another exfw daemon manages"), "{text}");
 
     // A broken file on SIGHUP: every error logged, the running policy stays.

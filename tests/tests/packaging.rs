@@ -211,9 +211,8 @@ fn the_units_capabilities_are_enough_and_cap_perfmon_is_needed() {
         &scratch.pins,
         &scratch.log("without-perfmon"),
     );
-    let log = refused.log.clone();
-    assert_eq!(refused.wait(Duration::from_secs(30)), Some(1));
-    let text = std::fs::read_to_string(log).unwrap();
+    let (code, text) = refused.exit_and_log(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("the verifier rejected"), "{text}");
     let _ = Command::new(exfw_binary())
         .args(["detach", "--pin-dir"])

@@ -24,13 +24,17 @@ use exfw_tests::{
     require_root,
 };
 
-fn listen(inside: &Namespace, ports: &[u16]) -> Vec<TcpListener> {
-    inside.run(|| {
-        ports
+/// A scratch directory, the three-namespace topology, and servers on 443 and 3389 inside.
+fn gateway(tag: &str) -> (Scratch, Topology, Vec<TcpListener>) {
+    let scratch = Scratch::new(tag);
+    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
+    let listeners = net.inside.run(|| {
+        [443, 3389]
             .iter()
             .map(|p| TcpListener::bind(format!("0.0.0.0:{p}")).unwrap())
             .collect()
-    })
+    });
+    (scratch, net, listeners)
 }
 
 fn reloads(gateway: &Namespace, result: &str) -> f64 {
@@ -83,9 +87,7 @@ fn without_in0() -> String {
 #[test]
 fn reloads_never_remove_protection_by_accident() {
     require_root();
-    let scratch = Scratch::new("guard");
-    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
-    let _listeners = listen(&net.inside, &[443, 3389]);
+    let (scratch, net, _listeners) = gateway("guard");
     let four_servers = format!("{GATEWAY_CONFIG}{}", more_servers(3));
     write_config(&scratch.config(), &four_servers);
     let daemon = scratch.start_ready(&net.gateway, "guard");
@@ -202,9 +204,7 @@ fn reloads_never_remove_protection_by_accident() {
 #[test]
 fn interfaces_deleted_recreated_or_renamed_are_filtered_again() {
     require_root();
-    let scratch = Scratch::new("links");
-    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
-    let _listeners = listen(&net.inside, &[443, 3389]);
+    let (scratch, net, _listeners) = gateway("links");
     write_config(&scratch.config(), GATEWAY_CONFIG);
     let daemon = scratch.start_ready(&net.gateway, "links");
 
@@ -295,9 +295,7 @@ fn interfaces_deleted_recreated_or_renamed_are_filtered_again() {
 #[test]
 fn a_broken_config_file_keeps_the_policy_in_force() {
     require_root();
-    let scratch = Scratch::new("cfgfault");
-    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
-    let _listeners = listen(&net.inside, &[443, 3389]);
+    let (scratch, net, _listeners) = gateway("cfgfault");
     let config = scratch.config();
     write_config(&config, GATEWAY_CONFIG);
     let daemon = scratch.start_ready(&net.gateway, "cfgfault");
@@ -474,9 +472,7 @@ fn fill_flow_table(pins: &std::path::Path, count: u32) {
 #[test]
 fn a_start_that_cannot_succeed_changes_nothing_and_bpffs_or_logging_trouble_does_not_stop_it() {
     require_root();
-    let scratch = Scratch::new("startfault");
-    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
-    let _listeners = listen(&net.inside, &[443, 3389]);
+    let (scratch, net, _listeners) = gateway("startfault");
     write_config(&scratch.config(), GATEWAY_CONFIG);
 
     // The metrics port taken: exit 1, nothing pinned, nothing attached.
@@ -487,9 +483,8 @@ fn a_start_that_cannot_succeed_changes_nothing_and_bpffs_or_logging_trouble_does
         &scratch.pins,
         &scratch.log("port-taken"),
     );
-    let log = refused.log.clone();
-    assert_eq!(refused.wait(Duration::from_secs(30)), Some(1));
-    let text = std::fs::read_to_string(log).unwrap();
+    let (code, text) = refused.exit_and_log(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("cannot listen on 127.0.0.1:9720"), "{text}");
     assert!(
         !scratch.pins.exists(),
