@@ -204,6 +204,29 @@ accepts = ["mailbox"]
 listen = "127.0.0.1:9720"
 "#;
 
+/// `exfw status [--format json]` for `pins`, run in `gateway` (interface names resolve per
+/// network namespace); panics unless it succeeds.
+pub fn exfw_status(gateway: &Namespace, pins: &Path, json: bool) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", gateway.name()))
+        .arg(exfw_binary())
+        .args([
+            "status",
+            "--format",
+            if json { "json" } else { "text" },
+            "--pin-dir",
+        ])
+        .arg(pins)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "exfw status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Whether a TCP connection from `outside` to the inside server 192.0.2.2 on `port` completes
 /// (long enough for a SYN the kernel retransmits after a lost first one).
 pub fn connects(outside: &Namespace, port: u16) -> bool {

@@ -16,10 +16,10 @@ use std::{
 
 use exfw_tests::{
     daemon::{
-        Daemon, GATEWAY_CONFIG, Scratch, connects, exfw_binary, http_get, metric, scrape, value,
-        wait_until, write_config,
+        Daemon, GATEWAY_CONFIG, Scratch, connects, exfw_binary, exfw_status, http_get, metric,
+        scrape, value, wait_until, write_config,
     },
-    netns::Topology,
+    netns::{Namespace, Topology},
     require_root,
 };
 use socket2::{Domain, Socket, Type};
@@ -45,18 +45,8 @@ fn pinned_link(pins: &Path, iface: &str) -> (u64, u64) {
     (v["id"].as_u64().unwrap(), v["prog_id"].as_u64().unwrap())
 }
 
-fn status_json(pins: &Path) -> serde_json::Value {
-    let out = Command::new(exfw_binary())
-        .args(["status", "--format", "json", "--pin-dir"])
-        .arg(pins)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "exfw status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+fn status_json(gateway: &Namespace, pins: &Path) -> serde_json::Value {
+    serde_json::from_str(&exfw_status(gateway, pins, true)).unwrap()
 }
 
 #[test]
@@ -249,7 +239,7 @@ fn daemon_lifecycle() {
     daemon.kill9();
     assert!(!connects(&net.outside, 3389));
     assert!(connects(&net.outside, 443));
-    let status = status_json(&pins);
+    let status = status_json(&net.gateway, &pins);
     assert_eq!(status["daemon_running"], false);
     assert_eq!(status["mode"], "enforce");
     assert_eq!(status["interfaces"].as_array().unwrap().len(), 2);
@@ -263,7 +253,9 @@ fn daemon_lifecycle() {
     let broken = Daemon::start(&net.gateway, &config, &pins, &log("broken-restart"));
     assert_eq!(broken.wait(Duration::from_secs(20)), Some(1));
     assert_eq!(
-        status_json(&pins)["generation"].as_u64().unwrap(),
+        status_json(&net.gateway, &pins)["generation"]
+            .as_u64()
+            .unwrap(),
         generation_while_down
     );
     assert!(!connects(&net.outside, 3389));

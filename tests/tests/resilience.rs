@@ -17,8 +17,8 @@ use std::{
 
 use exfw_tests::{
     daemon::{
-        GATEWAY_CONFIG, METRICS, Scratch, connects, exfw_binary, http_get, http_get_here,
-        more_servers, value, wait_until, write_config,
+        GATEWAY_CONFIG, METRICS, Scratch, connects, exfw_binary, exfw_status, http_get,
+        http_get_here, more_servers, value, wait_until, write_config,
     },
     netns::{Namespace, Topology},
     require_root,
@@ -56,21 +56,8 @@ fn state(gateway: &Namespace, iface: &str, state: &str) -> f64 {
     )
 }
 
-/// `exfw status` run where the daemon runs (interface names resolve per network namespace).
 fn status_text(gateway: &Namespace, pins: &std::path::Path) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", gateway.name()))
-        .arg(exfw_binary())
-        .args(["status", "--pin-dir"])
-        .arg(pins)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    exfw_status(gateway, pins, false)
 }
 
 /// The gateway config without in0 (out0 taking the server's traffic too): valid, but it would
