@@ -396,6 +396,15 @@ pub fn pinned_link_ifindex(path: &Path) -> Option<u32> {
     (rc == 0 && info.kind == 6).then_some(info.ifindex)
 }
 
+/// Waits until every XDP program run that began before the call has ended: XDP runs inside an
+/// RCU read-side section, and `membarrier(MEMBARRIER_CMD_GLOBAL)` is a full RCU grace period
+/// (`synchronize_rcu`). False where the kernel refuses it (nohz_full CPUs, a seccomp filter).
+fn wait_for_running_programs() -> bool {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0 }
+}
+
 /// How to attach to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttachMode {
@@ -1133,7 +1142,17 @@ impl Dataplane {
             .zip(&ifindexes)
             .map(|(i, index)| (i.name.clone(), *index))
             .collect();
-        self.remove_generations(|g| g != next)?;
+        // A packet reads the generation once and then looks up its entries: the old ones go
+        // only once every program run that may have read the old number has ended. Without
+        // that guarantee they stay until the next apply, which sweeps them before it writes.
+        if wait_for_running_programs() {
+            self.remove_generations(|g| g != next)?;
+        } else {
+            warn!(
+                generation = next,
+                "cannot wait for running XDP programs (membarrier); the previous generation's entries stay until the next reload"
+            );
+        }
         info!(
             generation = next,
             classes = policy.classes.len(),
@@ -1760,5 +1779,11 @@ mod tests {
         let mut fewer = compiled.policy.clone();
         fewer.rules.pop();
         assert_ne!(policy_hash(&fewer), hash);
+    }
+
+    #[test]
+    fn this_kernel_can_wait_for_running_programs() {
+        // CI's machines run without nohz_full: the old generation is removed at each reload.
+        assert!(wait_for_running_programs());
     }
 }
