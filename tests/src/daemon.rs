@@ -204,6 +204,16 @@ accepts = ["mailbox"]
 listen = "127.0.0.1:9720"
 "#;
 
+/// `exfw detach --pin-dir PINS [IFACE...]`: its output, whatever the outcome.
+pub fn exfw_detach(pins: &Path, interfaces: &[&str]) -> std::process::Output {
+    Command::new(exfw_binary())
+        .args(["detach", "--pin-dir"])
+        .arg(pins)
+        .args(interfaces)
+        .output()
+        .expect("run exfw detach")
+}
+
 /// `exfw status [--format json]` for `pins`, run in `gateway` (interface names resolve per
 /// network namespace); panics unless it succeeds.
 pub fn exfw_status(gateway: &Namespace, pins: &Path, json: bool) -> String {

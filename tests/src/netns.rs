@@ -488,6 +488,16 @@ impl Topology {
             .ip(&["route", "add", "default", "via", "203.0.113.1"]);
     }
 
+    /// Servers on `ports` on every inside address (they accept and close; kept while held).
+    pub fn listen(&self, ports: &[u16]) -> Vec<std::net::TcpListener> {
+        self.inside.run(|| {
+            ports
+                .iter()
+                .map(|p| std::net::TcpListener::bind(format!("0.0.0.0:{p}")).unwrap())
+                .collect()
+        })
+    }
+
     /// Builds the topology; addresses are `address/prefix-length`.
     pub fn new(outside_addresses: &[&str], inside_addresses: &[&str]) -> Topology {
         let Network { gateway, mut legs } =

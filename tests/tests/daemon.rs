@@ -4,7 +4,7 @@
 //! program through the pinned links; SIGTERM; `exfw detach`.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::Path,
     process::Command,
     sync::{
@@ -16,7 +16,7 @@ use std::{
 
 use exfw_tests::{
     daemon::{
-        Daemon, GATEWAY_CONFIG, Scratch, connects, exfw_binary, exfw_status, http_get, metric,
+        Daemon, GATEWAY_CONFIG, Scratch, connects, exfw_detach, exfw_status, http_get, metric,
         scrape, value, wait_until, write_config,
     },
     netns::{Namespace, Topology},
@@ -57,12 +57,7 @@ fn daemon_lifecycle() {
     let log = |n: &str| cleanup.log(n);
     let pins = cleanup.pins.clone();
     let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
-    let _listeners: Vec<TcpListener> = net.inside.run(|| {
-        [443, 3389]
-            .iter()
-            .map(|p| TcpListener::bind(format!("0.0.0.0:{p}")).unwrap())
-            .collect()
-    });
+    let _listeners = net.listen(&[443, 3389]);
 
     // A start that cannot succeed (a config error) exits 1 and changes nothing.
     write_config(
@@ -310,11 +305,7 @@ fn daemon_lifecycle() {
     assert!(!connects(&net.outside, 3389));
 
     // Detach removes everything.
-    let out = Command::new(exfw_binary())
-        .args(["detach", "--pin-dir"])
-        .arg(&pins)
-        .output()
-        .unwrap();
+    let out = exfw_detach(&pins, &[]);
     assert!(
         out.status.success(),
         "{}",

@@ -5,8 +5,8 @@ use std::{net::TcpListener, path::Path, process::Command, time::Duration};
 
 use exfw_tests::{
     daemon::{
-        Daemon, GATEWAY_CONFIG, METRICS, Scratch, connects, exfw_binary, http_get, wait_until,
-        write_config,
+        Daemon, GATEWAY_CONFIG, METRICS, Scratch, connects, exfw_binary, exfw_detach, http_get,
+        wait_until, write_config,
     },
     netns::Topology,
     require_root,
@@ -214,10 +214,7 @@ fn the_units_capabilities_are_enough_and_cap_perfmon_is_needed() {
     let (code, text) = refused.exit_and_log(Duration::from_secs(30));
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("the verifier rejected"), "{text}");
-    let _ = Command::new(exfw_binary())
-        .args(["detach", "--pin-dir"])
-        .arg(&scratch.pins)
-        .output();
+    let _ = exfw_detach(&scratch.pins, &[]);
 
     // With exactly the unit's set it runs and enforces.
     let mut daemon = Daemon::start_under(
@@ -259,12 +256,7 @@ fn the_fail_closed_unit_loads_the_policy_or_else_the_last_resort() {
                 .unwrap(),
         );
     let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
-    let _listeners: Vec<TcpListener> = net.inside.run(|| {
-        [443, 3389]
-            .iter()
-            .map(|p| TcpListener::bind(format!("0.0.0.0:{p}")).unwrap())
-            .collect()
-    });
+    let _listeners = net.listen(&[443, 3389]);
     let run_with = |path: &str| {
         let out = Command::new("ip")
             .args(["netns", "exec", net.gateway.name(), "sh", "-c", &script])

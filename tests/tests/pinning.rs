@@ -2,13 +2,7 @@
 //! load adopts the maps (generation, counters) and replaces the program through the pinned link,
 //! a second holder is refused, and removing the pins detaches everything.
 
-use std::{
-    collections::BTreeSet,
-    io::ErrorKind,
-    net::{SocketAddr, TcpListener},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::BTreeSet, io::ErrorKind, net::SocketAddr, path::PathBuf, time::Duration};
 
 use exfw_common::{Reason, Verdict, proto};
 use exfw_daemon::{
@@ -84,12 +78,7 @@ fn pinned_enforcement_outlives_the_loader_and_is_adopted() {
         std::process::id()
     )));
     let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
-    let _listeners: Vec<TcpListener> = net.inside.run(|| {
-        [443, 3389]
-            .iter()
-            .map(|p| TcpListener::bind(format!("0.0.0.0:{p}")).unwrap())
-            .collect()
-    });
+    let _listeners = net.listen(&[443, 3389]);
     let options = LoadOptions {
         pin_dir: Some(dir.0.clone()),
         ..Default::default()

@@ -17,7 +17,7 @@ use std::{
 
 use exfw_tests::{
     daemon::{
-        GATEWAY_CONFIG, METRICS, Scratch, connects, exfw_binary, exfw_status, http_get,
+        GATEWAY_CONFIG, METRICS, Scratch, connects, exfw_detach, exfw_status, http_get,
         http_get_here, more_servers, value, wait_until, write_config,
     },
     netns::{Namespace, Topology},
@@ -28,12 +28,7 @@ use exfw_tests::{
 fn gateway(tag: &str) -> (Scratch, Topology, Vec<TcpListener>) {
     let scratch = Scratch::new(tag);
     let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
-    let listeners = net.inside.run(|| {
-        [443, 3389]
-            .iter()
-            .map(|p| TcpListener::bind(format!("0.0.0.0:{p}")).unwrap())
-            .collect()
-    });
+    let listeners = net.listen(&[443, 3389]);
     (scratch, net, listeners)
 }
 
@@ -153,12 +148,7 @@ fn reloads_never_remove_protection_by_accident() {
     assert_eq!(reloads(&net.gateway, "failure"), failures);
 
     // The explicit way to remove an interface: exfw detach IFACE while the daemon runs.
-    let out = Command::new(exfw_binary())
-        .args(["detach", "--pin-dir"])
-        .arg(&scratch.pins)
-        .arg("in0")
-        .output()
-        .unwrap();
+    let out = exfw_detach(&scratch.pins, &["in0"]);
     assert!(
         out.status.success(),
         "{}",
