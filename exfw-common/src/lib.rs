@@ -42,12 +42,16 @@ pub mod map_names {
     pub const EVENTS: &str = "EXFW_EVENTS";
     /// `HashMap<u64, u32>`: rule identity hash -> counter slot (userspace only).
     pub const RULE_IDS: &str = "EXFW_RULE_IDS";
+    /// `HashMap<u64, u32>`: class name hash -> class id (userspace only), so a class keeps its
+    /// id, and its per-role drop counters their meaning, across reloads.
+    pub const CLASS_IDS: &str = "EXFW_CLASS_IDS";
     /// `HashMap<PortKey, u8>`: the (protocol, port) pairs rules name, per generation; drops to
     /// other ports are counted under "other".
     pub const PORTS: &str = "EXFW_PORTS";
     /// Every map, for pinning.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         RULE_IDS,
+        CLASS_IDS,
         PORTS,
         CONFIG,
         CLASS_V4,
@@ -146,6 +150,9 @@ pub mod config {
     /// has no neighbour entry (Linux 6.2, 6.1.13, 5.15.95, 5.10.169 and later); 0 makes such an
     /// answer fail the reverse-path check. Written by the loader from the kernel release.
     pub const FIB_NO_NEIGH_NAMES_IFINDEX: u32 = 13;
+    /// The [`crate::PINNED_LAYOUT`] of the build that pinned the maps (0: a build before the
+    /// stamp); the kernel program never reads it.
+    pub const PINNED_LAYOUT: u32 = 14;
     /// Number of slots.
     pub const SLOTS: u32 = 16;
 }
@@ -154,6 +161,11 @@ pub mod config {
 pub const MODE_ENFORCE: u64 = 0;
 /// `config::MODE` value: pass everything, count what would have dropped.
 pub const MODE_AUDIT: u64 = 1;
+
+/// The meaning of the pinned maps' entries: raise it whenever a pinned map keeps its sizes
+/// but its keys or values change meaning (a field reordered, a code renumbered), so a daemon
+/// replaces state pinned by another build instead of misreading it. Sizes are checked apart.
+pub const PINNED_LAYOUT: u64 = 1;
 
 /// The class of every address no prefix matches: the Internet and anything unlisted.
 pub const CLASS_EXTERNAL: u16 = 0;

@@ -559,7 +559,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) => {
                     tracing::error!("exfw could not start: {e:#}");
-                    Ok(ExitCode::from(1))
+                    // A refused start is final: the unit does not restart it
+                    // (RestartPreventExitStatus), the operator fixes the config.
+                    let refused = e.chain().any(|e| e.is::<crate::reload::Refusal>());
+                    Ok(ExitCode::from(if refused {
+                        crate::reload::EXIT_REFUSED
+                    } else {
+                        1
+                    }))
                 }
             }
         }

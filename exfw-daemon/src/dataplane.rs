@@ -71,6 +71,16 @@ pub enum DataplaneError {
     /// Nothing is pinned at the path.
     #[error("nothing is pinned at {0}: exfw is not enforcing there")]
     NotPinned(PathBuf),
+    /// The pinned maps were made by an exfw build with other map layouts.
+    #[error(
+        "the state pinned at {dir} is from an incompatible exfw build ({differences}): start this build's daemon to replace it, or run the build that pinned it"
+    )]
+    IncompatiblePins {
+        /// The pin directory.
+        dir: PathBuf,
+        /// How the pinned maps differ from this build's.
+        differences: String,
+    },
     /// A file-system step of pinning failed.
     #[error("{what}: {source}")]
     Pin {
@@ -468,15 +478,29 @@ fn fnv1a(data: &[u8]) -> u64 {
 }
 
 /// A stable 64-bit FNV-1a hash of what the policy means (same config, same hash, on any
-/// gateway and any build): its encoding with interfaces by slot and name rather than index, and
-/// rules numbered in the order of their content rather than by the counter slots a gateway's
-/// reload history gave them.
+/// gateway and any build): its encoding with interfaces by slot and name rather than index,
+/// classes numbered in the order of their names and rules in the order of their content rather
+/// than by the ids and counter slots a gateway's reload history gave them.
 pub fn policy_hash(policy: &Policy) -> u64 {
     fn bytes<T: aya::Pod>(value: &T) -> &[u8] {
         // SAFETY: Pod types are plain bytes.
         unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
     }
     let mut canonical = policy.clone();
+    // Classes numbered in the order of their names, not by the ids a gateway's history gave
+    // them; then rules in the order of their content.
+    let mut names: Vec<(&str, u16)> = policy
+        .classes
+        .iter()
+        .map(|c| (c.name.as_str(), c.id))
+        .collect();
+    names.sort_unstable();
+    let by_name: BTreeMap<u16, u16> = names
+        .iter()
+        .enumerate()
+        .map(|(i, (_, id))| (*id, i as u16 + 1))
+        .collect();
+    canonical.renumber_classes(&by_name);
     canonical.rules.sort_by(|a, b| {
         (
             &a.service,
@@ -802,6 +826,100 @@ fn port_prefixes(range: PortRange) -> Vec<(u16, u32)> {
     out
 }
 
+/// How the maps pinned under `dir` differ from this build's definitions (empty: they are
+/// this build's layout). Checked before the loader adopts them: a map of another key or value
+/// size would make every read overrun its buffer and the program misread every entry. Maps
+/// this build adds are not pinned yet and are created; a layout stamp catches changes of
+/// meaning that keep the sizes.
+fn pinned_map_differences(dir: &Path) -> Result<Vec<String>, DataplaneError> {
+    let object = aya_obj::Object::parse(crate::EBPF_OBJECT).map_err(|e| DataplaneError::Pin {
+        what: "reading the embedded object's map definitions".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let mut differences = Vec::new();
+    for name in map_names::ALL {
+        let path = dir.join("maps").join(name);
+        if !path.exists() {
+            continue;
+        }
+        let def = object
+            .maps
+            .get(name)
+            .ok_or(DataplaneError::Missing("a pinned map's definition"))?;
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .map_err(map_err(format!("reading {}", path.display())))?;
+        let pinned_type = info.map_type().map_or(u32::MAX, |t| t as u32);
+        // Sized by the config (the connection tables) or rounded by the loader (the ring):
+        // another size there is another capacity, not another layout.
+        let sized_elsewhere = [
+            map_names::FLOWS,
+            map_names::PENDING,
+            map_names::FRAGS,
+            map_names::EVENTS,
+        ]
+        .contains(&name);
+        for (what, pinned, ours) in [
+            ("type", pinned_type, def.map_type()),
+            ("key size", info.key_size(), def.key_size()),
+            ("value size", info.value_size(), def.value_size()),
+            ("flags", info.map_flags(), def.map_flags()),
+            (
+                "entries",
+                info.max_entries(),
+                if sized_elsewhere {
+                    info.max_entries()
+                } else {
+                    def.max_entries()
+                },
+            ),
+        ] {
+            if pinned != ours {
+                differences.push(format!("{name}: {what} {pinned}, this build {ours}"));
+            }
+        }
+    }
+    if differences.is_empty() {
+        let path = dir.join("maps").join(map_names::CONFIG);
+        if path.exists() {
+            let data =
+                MapData::from_pin(&path).map_err(map_err(format!("opening {}", path.display())))?;
+            let map = aya::maps::Map::Array(data);
+            let stamp = Array::<_, u64>::try_from(&map)
+                .map_err(map_err("config map"))?
+                .get(&config::PINNED_LAYOUT, 0)
+                .map_err(map_err("reading the pinned layout"))?;
+            // 0: pinned by a build before the stamp, whose sizes were checked above.
+            if stamp != 0 && stamp != exfw_common::PINNED_LAYOUT {
+                differences.push(format!(
+                    "layout {stamp}, this build {}",
+                    exfw_common::PINNED_LAYOUT
+                ));
+            }
+        }
+    }
+    Ok(differences)
+}
+
+/// Unpins every map under `dir` so the loader creates this build's. The interfaces stay
+/// filtered meanwhile: the pinned links keep the old program, which keeps its maps, until
+/// the new program replaces it at attach.
+fn replace_pinned_maps(dir: &Path, differences: &str) -> Result<(), DataplaneError> {
+    warn!(
+        dir = %dir.display(),
+        differences,
+        "the pinned maps are from an incompatible exfw build: replacing them (counters and connection tables start empty; the old program keeps filtering until this build's policy is attached)"
+    );
+    for name in map_names::ALL {
+        let path = dir.join("maps").join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(pin_err(format!("removing {}", path.display()))(e)),
+        }
+    }
+    Ok(())
+}
+
 /// The loaded XDP program and its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -821,14 +939,15 @@ impl Dataplane {
         let mut dataplane = Self::load_with(&options, pins)?;
         // Written by the loader only: `exfw status` opens the same maps and changes nothing.
         let names_ifindex = kernel_version().is_some_and(fib_names_ifindex_without_neighbour);
-        dataplane
-            .config()?
-            .set(
-                config::FIB_NO_NEIGH_NAMES_IFINDEX,
-                u64::from(names_ifindex),
-                0,
-            )
-            .map_err(map_err("writing the route lookup's behaviour"))?;
+        let mut cfg = dataplane.config()?;
+        cfg.set(
+            config::FIB_NO_NEIGH_NAMES_IFINDEX,
+            u64::from(names_ifindex),
+            0,
+        )
+        .map_err(map_err("writing the route lookup's behaviour"))?;
+        cfg.set(config::PINNED_LAYOUT, exfw_common::PINNED_LAYOUT, 0)
+            .map_err(map_err("writing the pinned layout"))?;
         Ok(dataplane)
     }
 
@@ -847,6 +966,20 @@ impl Dataplane {
 
     fn load_with(options: &LoadOptions, pins: Option<Pins>) -> Result<Self, DataplaneError> {
         check_kernel()?;
+        if let Some(p) = &pins {
+            let differences = pinned_map_differences(&p.dir)?;
+            if !differences.is_empty() {
+                let differences = differences.join("; ");
+                if p._lock.is_none() {
+                    // A reader (`exfw status`, scrapes) must not read maps of another layout.
+                    return Err(DataplaneError::IncompatiblePins {
+                        dir: p.dir.clone(),
+                        differences,
+                    });
+                }
+                replace_pinned_maps(&p.dir, &differences)?;
+            }
+        }
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map_names::FLOWS, options.flow_entries)
@@ -952,6 +1085,59 @@ impl Dataplane {
                 .take(usize::try_from(limit).unwrap_or(usize::MAX))
                 .count() as u64
         })
+    }
+
+    /// The prefixes the policy in force protects, read back from the pinned class tables
+    /// (`None` before any policy): what a start compares a new config with, since the config
+    /// that policy came from is not kept.
+    pub fn protected_prefixes(&self) -> Result<Option<BTreeSet<IpNet>>, DataplaneError> {
+        if self.generation == 0 {
+            return Ok(None);
+        }
+        let generation = self.generation.to_be_bytes();
+        let mut out = BTreeSet::new();
+        let v4 = self
+            .ebpf
+            .map(map_names::CLASS_V4)
+            .ok_or(DataplaneError::Missing("class map"))?;
+        let v4 =
+            LpmTrie::<_, ClassKeyV4, ClassValue>::try_from(v4).map_err(map_err("class map"))?;
+        for item in v4.iter() {
+            let (key, value) = item.map_err(map_err("reading the class map"))?;
+            let data = key.data();
+            if data.generation == generation && value.flags & CLASS_PROTECTED != 0 {
+                let len = key.prefix_len().saturating_sub(GENERATION_BITS) as u8;
+                if let Ok(net) = ipnet::Ipv4Net::new(data.addr.into(), len) {
+                    out.insert(IpNet::V4(net));
+                }
+            }
+        }
+        let v6 = self
+            .ebpf
+            .map(map_names::CLASS_V6)
+            .ok_or(DataplaneError::Missing("class map"))?;
+        let v6 =
+            LpmTrie::<_, ClassKeyV6, ClassValue>::try_from(v6).map_err(map_err("class map"))?;
+        for item in v6.iter() {
+            let (key, value) = item.map_err(map_err("reading the class map"))?;
+            let data = key.data();
+            if data.generation == generation && value.flags & CLASS_PROTECTED != 0 {
+                let len = key.prefix_len().saturating_sub(GENERATION_BITS) as u8;
+                if let Ok(net) = ipnet::Ipv6Net::new(data.addr.into(), len) {
+                    out.insert(IpNet::V6(net));
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// The flow table's capacity as the kernel made it (a pinned table keeps the size it was
+    /// created with whatever the config says now); `None` without pins.
+    pub fn flow_capacity(&self) -> Option<u32> {
+        let path = self.pins.as_ref()?.dir.join("maps").join(map_names::FLOWS);
+        aya::maps::MapInfo::from_pin(path)
+            .ok()
+            .map(|info| info.max_entries())
     }
 
     /// The confirmed connections (walks the table: for tests and tools, not the hot path).
@@ -1063,6 +1249,90 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Renumbers `compiled`'s classes to stable ids, so a per-role drop counter (keyed by the
+    /// destination class id) keeps its meaning whatever classes a reload adds or removes: a
+    /// class name keeps the id it had (recorded in the pinned `EXFW_CLASS_IDS`); a new one gets
+    /// its compiled id when that is free, else the lowest free id, and counters left under that
+    /// id are removed first. Names absent from the policy are forgotten only when ids run out.
+    pub fn assign_class_ids(&mut self, compiled: &mut Compiled) -> Result<(), DataplaneError> {
+        // Ids 1..MAX_CLASSES: 0 is external.
+        const ROOM: usize = limits::MAX_CLASSES as usize - 1;
+        let names: Vec<(u16, u64)> = compiled
+            .policy
+            .classes
+            .iter()
+            .map(|c| (c.id, fnv1a(c.name.as_bytes())))
+            .collect();
+        let wanted: BTreeSet<u64> = names.iter().map(|(_, h)| *h).collect();
+        let mut ids = self.hash_map::<u64, u32>(map_names::CLASS_IDS)?;
+        let mut known: BTreeMap<u64, u16> = BTreeMap::new();
+        for item in ids.iter() {
+            let (hash, id) = item.map_err(map_err("reading class ids"))?;
+            // An id out of range (written by something else) is ignored and overwritten.
+            if let Ok(id @ 1..) = u16::try_from(id) {
+                known.insert(hash, id);
+            }
+        }
+        let mut used: BTreeSet<u16> = known.values().copied().collect();
+        let mut new_id = BTreeMap::new();
+        let mut fresh = BTreeSet::new();
+        for (compiled_id, hash) in &names {
+            if let Some(id) = known.get(hash) {
+                new_id.insert(*compiled_id, *id);
+                continue;
+            }
+            if used.len() >= ROOM {
+                // Forget names the policy no longer has, to free their ids. (The running
+                // generation may still count drops under one until the flip: at most the
+                // drops of one reload's duration go to the class that takes the id.)
+                for (old, id) in known.iter().filter(|(h, _)| !wanted.contains(h)) {
+                    ids.remove(old).map_err(map_err("forgetting a class id"))?;
+                    used.remove(id);
+                }
+                known.retain(|h, _| wanted.contains(h));
+            }
+            let id = if *compiled_id != CLASS_EXTERNAL && !used.contains(compiled_id) {
+                *compiled_id
+            } else {
+                (1..limits::MAX_CLASSES as u16)
+                    .find(|id| !used.contains(id))
+                    .ok_or(DataplaneError::Policy(PolicyError::TableFull {
+                        table: "class ids",
+                        used: names.len(),
+                        room: ROOM,
+                    }))?
+            };
+            ids.insert(hash, u32::from(id), 0)
+                .map_err(map_err("recording a class id"))?;
+            used.insert(id);
+            new_id.insert(*compiled_id, id);
+            fresh.insert(id);
+        }
+        // A class new to this id starts its drop counters from zero.
+        if !fresh.is_empty() {
+            self.remove_drop_counters(|class| fresh.contains(&class))?;
+        }
+        compiled.renumber_classes(&new_id);
+        Ok(())
+    }
+
+    /// Removes the per-port drop counters of the destination classes `doomed` picks.
+    fn remove_drop_counters(&mut self, doomed: impl Fn(u16) -> bool) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::DROP_STATS)
+            .ok_or(DataplaneError::Missing("drop map"))?;
+        let mut drops =
+            PerCpuHashMap::<_, DropKey, Counter>::try_from(map).map_err(map_err("drop map"))?;
+        let keys: Vec<DropKey> = drops.keys().filter_map(Result::ok).collect();
+        for key in keys.iter().filter(|k| doomed(k.dst_class)) {
+            drops
+                .remove(key)
+                .map_err(map_err("removing a drop counter"))?;
+        }
+        Ok(())
+    }
+
     /// Limits drop events to `per_sec` per CPU with bursts of `burst` (0 disables them).
     pub fn set_event_rate(&mut self, per_sec: u64, burst: u64) -> Result<(), DataplaneError> {
         let mut cfg = self.config()?;
@@ -1146,7 +1416,22 @@ impl Dataplane {
         // only once every program run that may have read the old number has ended. Without
         // that guarantee they stay until the next apply, which sweeps them before it writes.
         if wait_for_running_programs() {
-            self.remove_generations(|g| g != next)?;
+            // The new generation is in force whatever happens here: a failure only leaves old
+            // entries for the next apply to sweep.
+            let classes: BTreeSet<u16> = policy.classes.iter().map(|c| c.id).collect();
+            let swept = self.remove_generations(|g| g != next).and_then(|()| {
+                // No packet can count under a class the policy no longer has: its drop
+                // counters go (the series of a removed role ends rather than linger).
+                self.remove_drop_counters(|class| {
+                    class != CLASS_EXTERNAL && !classes.contains(&class)
+                })
+            });
+            if let Err(e) = swept {
+                warn!(
+                    generation = next,
+                    "removing the previous generation's entries failed (the next reload retries): {e}"
+                );
+            }
         } else {
             warn!(
                 generation = next,
@@ -1745,7 +2030,7 @@ mod tests {
     }
 
     #[test]
-    fn the_policy_hash_does_not_depend_on_counter_slots() {
+    fn the_policy_hash_does_not_depend_on_counter_slots_or_class_ids() {
         let config = crate::config::parse(
             include_str!("../../examples/exchange2016-edge.toml"),
             "exchange2016-edge.toml",
@@ -1755,8 +2040,7 @@ mod tests {
         let hash = policy_hash(&compiled.policy);
         // Another gateway's history: the same rules in other slots.
         let mut elsewhere = compiled.clone();
-        let count = elsewhere.policy.rules.len() as u32;
-        elsewhere.renumber(|rule| 4000 - rule.id % count);
+        elsewhere.renumber(|rule| 4000 - rule.id);
         assert_ne!(
             elsewhere
                 .policy
@@ -1771,6 +2055,22 @@ mod tests {
                 .map(|r| r.id)
                 .collect::<Vec<_>>()
         );
+        assert_eq!(policy_hash(&elsewhere.policy), hash);
+        // ... and the same classes under other ids.
+        let classes = elsewhere.policy.classes.len() as u16;
+        let shuffled: BTreeMap<u16, u16> = elsewhere
+            .policy
+            .classes
+            .iter()
+            .map(|c| (c.id, 900 + classes - c.id))
+            .collect();
+        elsewhere.renumber_classes(&shuffled);
+        assert!(elsewhere.policy.classes.iter().all(|c| c.id >= 900));
+        assert_ne!(
+            elsewhere.policy.classes[0].name,
+            compiled.policy.classes[0].name
+        );
+        elsewhere.policy.validate().unwrap();
         assert_eq!(policy_hash(&elsewhere.policy), hash);
         // What the policy means does change it.
         let mut audit = compiled.policy.clone();

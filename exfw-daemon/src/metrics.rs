@@ -39,6 +39,8 @@ pub struct ReloadStatus {
     pub refused_detach: u64,
     /// Reloads refused because they would remove too many protected addresses.
     pub refused_removal: u64,
+    /// Reloads refused because an interface would lose its accepts list.
+    pub refused_opening: u64,
 }
 
 /// What the daemon's threads share: the data plane, the policy in force and its bookkeeping.
@@ -206,6 +208,12 @@ impl Collector for ExfwCollector {
         )?;
         let mut folded: BTreeMap<(String, String, String, String), u64> = BTreeMap::new();
         for (key, c) in &counters.drops {
+            // A class the policy no longer has (between a reload's flip and the removal of
+            // its counters) is left out rather than reported under another role.
+            if key.dst_class != exfw_common::CLASS_EXTERNAL && policy.class(key.dst_class).is_none()
+            {
+                continue;
+            }
             let verdict = if key.verdict == exfw_common::Verdict::WouldDrop as u8 {
                 "would_drop"
             } else {
@@ -394,6 +402,10 @@ impl Collector for ExfwCollector {
                 (
                     vec![("reason", "removes_protected_addresses".to_string())],
                     counter(reload.refused_removal),
+                ),
+                (
+                    vec![("reason", "opens_interface_sources".to_string())],
+                    counter(reload.refused_opening),
                 ),
             ],
         )?;

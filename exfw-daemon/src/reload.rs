@@ -5,7 +5,7 @@
 //! as it was. A reload that fails keeps the running policy and says why.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, RwLock,
@@ -59,6 +59,12 @@ pub enum Refusal {
         /// Up to five of the removed addresses.
         examples: Vec<ipnet::IpNet>,
     },
+    /// Interfaces whose accepts list the new config drops: they would take every source.
+    #[error(
+        "the config drops the accepts list of {}: exfw would take every source there, spoofed Exchange server and domain controller addresses included (a file cut short inside an [[interface]] table looks like this). If that is meant, list the groups in accepts (\"external\" included); otherwise restore the list",
+        .0.join(", ")
+    )]
+    OpensInterfaceSources(Vec<String>),
 }
 
 impl Refusal {
@@ -67,13 +73,15 @@ impl Refusal {
         match self {
             Refusal::DetachesInterfaces(_) => "detaches_interface",
             Refusal::RemovesProtectedAddresses { .. } => "removes_protected_addresses",
+            Refusal::OpensInterfaceSources(_) => "opens_interface_sources",
         }
     }
 }
 
 /// Whether moving from `running` (None at start) to `new` would remove protection by
 /// accident: an interface in `filtered` (exfw's program is attached there now) that `new`
-/// does not name, or more of the running protected addresses than `new` allows to go.
+/// does not name, an interface that loses its accepts list, or more of the running protected
+/// addresses than `new` allows to go.
 pub fn refusal(running: Option<&Config>, new: &Config, filtered: &[String]) -> Option<Refusal> {
     let detached: Vec<String> = filtered
         .iter()
@@ -83,8 +91,32 @@ pub fn refusal(running: Option<&Config>, new: &Config, filtered: &[String]) -> O
     if !detached.is_empty() {
         return Some(Refusal::DetachesInterfaces(detached));
     }
-    let running = running?.protected_addresses();
-    let kept = new.protected_addresses();
+    let running = running?;
+    let opened: Vec<String> = new
+        .interfaces
+        .iter()
+        .filter(|i| {
+            i.accepts.is_none()
+                && running
+                    .interfaces
+                    .iter()
+                    .any(|r| r.name == i.name && r.accepts.is_some())
+        })
+        .map(|i| i.name.clone())
+        .collect();
+    if !opened.is_empty() {
+        return Some(Refusal::OpensInterfaceSources(opened));
+    }
+    removal_refusal(&running.protected_addresses(), new)
+}
+
+/// Whether `new` drops more of the `running` protected addresses than its
+/// `[reload] max_protected_removal_percent` allows.
+pub fn removal_refusal(running: &BTreeSet<ipnet::IpNet>, new: &Config) -> Option<Refusal> {
+    let trunc = |nets: &BTreeSet<ipnet::IpNet>| -> BTreeSet<ipnet::IpNet> {
+        nets.iter().map(ipnet::IpNet::trunc).collect()
+    };
+    let (running, kept) = (trunc(running), trunc(&new.protected_addresses()));
     let removed: Vec<ipnet::IpNet> = running.difference(&kept).copied().collect();
     let limit = new.reload.max_protected_removal_percent;
     // removed / running > limit / 100, in integers.
@@ -240,6 +272,7 @@ fn detach_unnamed(dataplane: &mut Dataplane, config: &Config) -> Result<()> {
 /// is published either way.
 fn apply(shared: &Shared, mut compiled: Compiled, config: Config) -> Result<u32> {
     let mut dataplane = shared.dataplane.lock().unwrap_or_else(|e| e.into_inner());
+    dataplane.assign_class_ids(&mut compiled)?;
     dataplane.assign_rule_slots(&mut compiled)?;
     let attached = attach_interfaces(&mut dataplane, &config)?;
     let generation = dataplane.apply(&compiled.policy)?;
@@ -344,6 +377,7 @@ fn reload(shared: &Shared, options: &RunOptions, why: &str) {
             match refused {
                 Refusal::DetachesInterfaces(_) => status.refused_detach += 1,
                 Refusal::RemovesProtectedAddresses { .. } => status.refused_removal += 1,
+                Refusal::OpensInterfaceSources(_) => status.refused_opening += 1,
             }
             error!(
                 trigger = why,
@@ -529,7 +563,17 @@ async fn run_async(options: RunOptions) -> Result<()> {
         pin_dir: Some(options.pin_dir.clone()),
         ..Default::default()
     })?;
-    if let Some(refused) = refusal(None, &config, &filtered_interfaces(&dataplane)) {
+    // A start over pinned state is held to what that state protects, as a reload is to the
+    // running config: a restart with a file cut short must not apply it either.
+    let pinned_protected = dataplane
+        .protected_prefixes()
+        .context("reading the protected addresses of the pinned policy")?;
+    let refused = refusal(None, &config, &filtered_interfaces(&dataplane)).or_else(|| {
+        pinned_protected
+            .as_ref()
+            .and_then(|pinned| removal_refusal(pinned, &config))
+    });
+    if let Some(refused) = refused {
         return Err(anyhow::Error::new(refused).context("the pinned policy stays in force"));
     }
     if !config.metrics_listen.ip().is_loopback() {
@@ -544,7 +588,11 @@ async fn run_async(options: RunOptions) -> Result<()> {
         .context("the drop-event ring is missing")?;
     let reader = Dataplane::open_pinned(&options.pin_dir).context("opening the counters")?;
     let adopted = dataplane.generation();
-    let flow_capacity = u64::from(config.limits.flow_entries);
+    let flow_capacity = u64::from(
+        dataplane
+            .flow_capacity()
+            .unwrap_or(config.limits.flow_entries),
+    );
     let shared = Arc::new(Shared {
         dataplane: Mutex::new(dataplane),
         reader: Mutex::new(reader),
@@ -770,6 +818,29 @@ mod tests {
             refusal(Some(&running), &config(9, &["eth0"], ""), &[]),
             None
         );
+    }
+
+    #[test]
+    fn a_reload_that_drops_an_accepts_list_is_refused() {
+        let with_list = |accepts: &str| {
+            config::parse(
+                &format!(
+                    "version = 1\nmode = \"enforce\"\n[organization]\nexchange = \"2019\"\n[[server]]\nname = \"EX1\"\nroles = [\"mailbox\"]\naddresses = [\"192.0.2.1\"]\n[[interface]]\nname = \"eth0\"\n{accepts}"
+                ),
+                "test.toml",
+            )
+            .unwrap()
+        };
+        let running = with_list("accepts = [\"external\", \"mailbox\"]\n");
+        // Cut short before the accepts key: refused, naming the interface.
+        let cut = with_list("");
+        let refused = refusal(Some(&running), &cut, &filtered(&["eth0"])).unwrap();
+        assert_eq!(refused, Refusal::OpensInterfaceSources(vec!["eth0".into()]));
+        assert_eq!(refused.reason(), "opens_interface_sources");
+        // Another list is a choice, not an accident; an interface that never had one is fine.
+        let other = with_list("accepts = [\"mailbox\"]\n");
+        assert_eq!(refusal(Some(&running), &other, &filtered(&["eth0"])), None);
+        assert_eq!(refusal(Some(&cut), &cut, &filtered(&["eth0"])), None);
     }
 
     #[test]

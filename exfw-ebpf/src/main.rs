@@ -10,7 +10,8 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action, xdp_md,
+        BPF_F_NO_PREALLOC, BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_NOEXIST, bpf_fib_lookup as FibParams,
+        xdp_action, xdp_md,
     },
     helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
     macros::{map, xdp},
@@ -75,6 +76,12 @@ static EXFW_PORTS: HashMap<PortKey, u8> =
 /// other maps so counters keep their slot across reloads and restarts.
 #[map]
 static EXFW_RULE_IDS: HashMap<u64, u32> = HashMap::with_max_entries(limits::MAX_RULES * 2, 0);
+/// Class name hash -> class id: written and read by the daemon only, pinned so a class keeps
+/// its id (and its drop counters their meaning) across reloads and restarts. Allocated as
+/// used: most policies have a handful of classes.
+#[map]
+static EXFW_CLASS_IDS: HashMap<u64, u32> =
+    HashMap::with_max_entries(limits::MAX_CLASSES, BPF_F_NO_PREALLOC);
 /// Per-CPU scratch space for the parsed packet and an ICMP error's embedded header (not
 /// pinned, never read by the daemon).
 #[map]

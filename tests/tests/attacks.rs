@@ -121,6 +121,11 @@ struct Org {
 
 impl Org {
     fn new() -> Org {
+        Org::with(LoadOptions::default())
+    }
+
+    /// The organisation with the data plane's tables sized by `options`.
+    fn with(options: LoadOptions) -> Org {
         require_root();
         let net = Network::new(&[
             ("inet0", &["203.0.113.9/24", "2001:db8:ffff::9/64"]),
@@ -136,7 +141,7 @@ impl Org {
             ),
         ]);
         let policy = compiled(true).policy;
-        let mut dataplane = Dataplane::load(LoadOptions::default()).expect("load the XDP program");
+        let mut dataplane = Dataplane::load(options).expect("load the XDP program");
         net.gateway.run(|| {
             dataplane.apply(&policy).expect("apply");
             for (link, _) in &net.legs {
@@ -387,6 +392,153 @@ fn a_flood_of_spoofed_syns_and_acks_leaves_confirmed_connections_in_place() {
         let mut buf = [0u8; 3];
         server.read_exact(&mut buf).unwrap();
     }
+}
+
+/// A full confirmed-connection table evicts its least recently used connection, and what it
+/// evicted fails closed: the server's replies there drop (`policy`). New connections are still
+/// judged by the rules, denied traffic still drops, and the connections in the table carry on.
+#[test]
+fn a_full_flow_table_evicts_the_oldest_connection_and_fails_closed() {
+    const CAPACITY: u32 = 128;
+    let org = Org::with(LoadOptions {
+        flow_entries: CAPACITY,
+        ..LoadOptions::default()
+    });
+    let listener = org.listen("mbx0", "192.0.2.21:443");
+    let _rdp = org.listen("mbx0", "192.0.2.21:3389");
+    // Two and a half times what the table holds (each pair is two descriptors of the
+    // test's 1,024).
+    let mut pairs: Vec<(TcpStream, TcpStream)> = Vec::new();
+    for i in 0..CAPACITY * 5 / 2 {
+        let client = org
+            .connect("inet0", Some("203.0.113.9:0"), "192.0.2.21:443")
+            .unwrap_or_else(|e| panic!("connection {i} with the table full: {e:?}"));
+        let (server, _) = listener.accept().unwrap();
+        pairs.push((client, server));
+    }
+    let key = |client: &TcpStream| {
+        let (SocketAddr::V4(local), SocketAddr::V4(peer)) =
+            (client.local_addr().unwrap(), client.peer_addr().unwrap())
+        else {
+            unreachable!("IPv4 connections")
+        };
+        let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+        src[..4].copy_from_slice(&local.ip().octets());
+        dst[..4].copy_from_slice(&peer.ip().octets());
+        exfw_common::flow_key(
+            exfw_common::family::V4,
+            exfw_common::proto::TCP,
+            &src,
+            local.port(),
+            &dst,
+            peer.port(),
+        )
+        .0
+    };
+    let flows = org.flows();
+    assert!(
+        flows.len() <= CAPACITY as usize,
+        "{} entries in a table of {CAPACITY}",
+        flows.len()
+    );
+    assert_eq!(org.dataplane.event_stats().unwrap().flow_insert_failed, 0);
+    eprintln!(
+        "flow table: {} connections, {} held in a table of {CAPACITY}",
+        pairs.len(),
+        flows.len()
+    );
+    // Denied traffic still drops.
+    assert_eq!(
+        org.connect("inet0", None, "192.0.2.21:3389").err(),
+        Some(ErrorKind::TimedOut)
+    );
+    // The newest connection is in the table and carries data both ways.
+    let (client, server) = pairs.last_mut().unwrap();
+    assert!(
+        flows.contains(&key(client)),
+        "the newest connection is not in the table"
+    );
+    server.write_all(b"data").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 4];
+    client.read_exact(&mut buf).unwrap();
+    // An evicted one fails closed: its server's data drops, counted as `policy`.
+    let (client, server) = pairs
+        .iter_mut()
+        .find(|(client, _)| !flows.contains(&key(client)))
+        .expect("the table evicted no connection");
+    let dropped = org.count(Verdict::Drop, Reason::Policy);
+    server.write_all(b"data").unwrap();
+    client.set_read_timeout(Some(BLOCKED)).unwrap();
+    let err = client.read_exact(&mut buf).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{err}"
+    );
+    assert!(org.count(Verdict::Drop, Reason::Policy) > dropped);
+}
+
+/// A drop flood that fills the event ring loses events, never verdicts: every packet drops and
+/// is counted, every event that does not fit is counted as lost, and the ring takes events
+/// again once it is read.
+#[test]
+fn a_full_event_ring_loses_events_not_verdicts() {
+    require_root();
+    let mut dataplane = Dataplane::load(LoadOptions::default()).expect("load the XDP program");
+    // The test run's frames arrive on the loopback interface (index 1 in every namespace).
+    let policy = Policy {
+        interfaces: vec![exfw_daemon::policy::Interface {
+            name: "lo".into(),
+            reverse_path: false,
+            accepts: exfw_daemon::policy::Accepts::Any,
+        }],
+        ..compiled(true).policy
+    };
+    dataplane.apply(&policy).unwrap();
+    // As many events as the kernel program allows, so none is suppressed by the rate limit.
+    dataplane.set_event_rate(1_000_000, 1_000_000).unwrap();
+    let frame = build(&tcp(INTERNET, 40_000, MAILBOX, 3389, 0x02, 1, 0)).bytes;
+    let (drops, events) = (
+        dataplane
+            .reason_counter(Verdict::Drop, Reason::Policy)
+            .unwrap()
+            .packets,
+        dataplane.event_stats().unwrap(),
+    );
+    // 1 MiB of ring holds some 14,000 events; nothing reads it meanwhile.
+    let flood = 40_000;
+    dataplane.test_run("exfw_xdp", &frame, flood).unwrap();
+    let after = dataplane.event_stats().unwrap();
+    assert_eq!(
+        dataplane
+            .reason_counter(Verdict::Drop, Reason::Policy)
+            .unwrap()
+            .packets
+            - drops,
+        u64::from(flood),
+        "every packet of the flood drops"
+    );
+    let (sampled, lost, suppressed) = (
+        after.sampled - events.sampled,
+        after.lost - events.lost,
+        after.suppressed - events.suppressed,
+    );
+    assert_eq!(sampled + lost + suppressed, u64::from(flood));
+    assert!(lost > 0, "the ring never filled: {sampled} events written");
+    eprintln!(
+        "event ring: {flood} drops, {sampled} events written, {lost} lost, {suppressed} suppressed"
+    );
+    let read = dataplane.drain_events();
+    assert_eq!(read.len() as u64, sampled);
+    assert!(
+        read.iter()
+            .all(|e| e.reason == Reason::Policy as u8 && e.dport == 3389)
+    );
+    // Read, the ring takes events again.
+    dataplane.test_run("exfw_xdp", &frame, 10).unwrap();
+    assert_eq!(dataplane.drain_events().len(), 10);
 }
 
 #[test]

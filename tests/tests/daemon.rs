@@ -316,3 +316,77 @@ fn daemon_lifecycle() {
     assert!(!pins.exists());
     drop(cleanup);
 }
+
+/// A per-role drop series keeps its meaning when a reload adds a class before it (which
+/// shifts the compiled class ids) and when it removes that class again.
+#[test]
+fn per_role_drop_series_keep_their_meaning_across_reloads() {
+    require_root();
+    let cleanup = Scratch::new("dclass");
+    let config = cleanup.config();
+    let pins = cleanup.pins.clone();
+    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
+    let _listeners = net.listen(&[3389]);
+    // Exchange 2013: a Client Access class sorts before the Mailbox class, so adding one moves
+    // the Mailbox class's compiled id.
+    let base = GATEWAY_CONFIG.replace(r#"exchange = "2019""#, r#"exchange = "2013""#);
+    let with_cas = format!(
+        "{}\n[[server]]\nname = \"CAS01\"\nroles = [\"cas\"]\naddresses = [\"192.0.2.3\"]\n",
+        base.replace(
+            r#"accepts = ["mailbox"]"#,
+            r#"accepts = ["mailbox", "cas"]"#
+        )
+    );
+    write_config(&config, &base);
+    let mut daemon = Daemon::start(&net.gateway, &config, &pins, &cleanup.log("classes"));
+    wait_until("/readyz", Duration::from_secs(30), || {
+        assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());
+        http_get(&net.gateway, exfw_tests::daemon::METRICS, "/readyz")
+            .is_some_and(|(s, _)| s == 200)
+    });
+    let series = |role: &str| {
+        metric(
+            &scrape(&net.gateway),
+            "exfw_port_drops_total",
+            &[
+                &format!(r#"dst_role="{role}""#),
+                r#"proto="tcp""#,
+                r#"port="other""#,
+                r#"verdict="drop""#,
+            ],
+        )
+    };
+    assert!(!connects(&net.outside, 3389));
+    let mailbox = series("mailbox").expect("drops to the Mailbox server are counted");
+    assert!(mailbox >= 1.0);
+    let reload_to = |text: &str| {
+        let generation = value(&net.gateway, "exfw_policy_generation", &[]);
+        write_config(&config, text);
+        wait_until("the reload", Duration::from_secs(10), || {
+            assert_ne!(
+                value(&net.gateway, "exfw_config_last_reload_successful", &[]),
+                0.0,
+                "{}",
+                daemon.log_text()
+            );
+            value(&net.gateway, "exfw_policy_generation", &[]) > generation
+        });
+        assert_eq!(
+            value(&net.gateway, "exfw_config_last_reload_successful", &[]),
+            1.0
+        );
+    };
+
+    // A class added before it: the Mailbox series neither moves to the new role nor restarts.
+    reload_to(&with_cas);
+    assert_eq!(series("mailbox"), Some(mailbox), "{}", scrape(&net.gateway));
+    assert_eq!(series("cas"), None, "{}", scrape(&net.gateway));
+    assert!(!connects(&net.outside, 3389));
+    let grown = series("mailbox").unwrap();
+    assert!(grown > mailbox);
+
+    // The class removed again: the same, and the removed role's series is gone.
+    reload_to(&base);
+    assert_eq!(series("mailbox"), Some(grown), "{}", scrape(&net.gateway));
+    assert_eq!(series("cas"), None);
+}

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, io::ErrorKind, net::SocketAddr, path::PathBuf, time::Duration};
 
-use exfw_common::{Reason, Verdict, proto};
+use exfw_common::{Reason, Verdict, map_names, proto};
 use exfw_daemon::{
     dataplane::{self, AttachMode, AttachedMode, Dataplane, DataplaneError, LoadOptions},
     policy::{Accepts, Class, Interface, Policy, PortRange, Rule},
@@ -56,6 +56,19 @@ fn policy() -> Policy {
         ],
         ..Default::default()
     }
+}
+
+/// Runs bpftool, which `cargo xtask test` installs; panics unless it succeeds.
+fn bpftool(args: &[&str]) {
+    let out = std::process::Command::new("bpftool")
+        .args(args)
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn connects(net: &Topology, port: u16) -> bool {
@@ -162,6 +175,84 @@ fn pinned_enforcement_outlives_the_loader_and_is_adopted() {
         generation + 1
     );
     drop(second);
+
+    // State pinned by an older, incompatible build: its drop counters had another key.
+    let drops_pin = dir.0.join("maps").join(map_names::DROP_STATS);
+    std::fs::remove_file(&drops_pin).unwrap();
+    bpftool(&[
+        "map",
+        "create",
+        drops_pin.to_str().unwrap(),
+        "type",
+        "percpu_hash",
+        "key",
+        "12",
+        "value",
+        "16",
+        "entries",
+        "64",
+        "name",
+        "EXFW_DROPS",
+    ]);
+    // A reader refuses it, saying why, rather than overrun its buffers.
+    match Dataplane::open_pinned(&dir.0) {
+        Err(e @ DataplaneError::IncompatiblePins { .. }) => assert!(
+            e.to_string()
+                .contains("EXFW_DROPS: key size 12, this build 8"),
+            "{e}"
+        ),
+        other => panic!("expected IncompatiblePins, got {:?}", other.err()),
+    }
+    // A daemon's load replaces it. The old program keeps its own maps and filters until the
+    // new one is attached: no moment unfiltered.
+    let mut third = Dataplane::load(options.clone()).expect("replace the incompatible state");
+    assert_eq!(
+        third.generation(),
+        0,
+        "incompatible state must not be adopted"
+    );
+    assert!(connects(&net, 443));
+    assert!(!connects(&net, 3389));
+    net.gateway.run(|| {
+        third.apply(&policy()).unwrap();
+        third.attach("out0", AttachMode::Driver).unwrap();
+        third.attach("in0", AttachMode::Driver).unwrap();
+    });
+    assert!(connects(&net, 443));
+    assert!(!connects(&net, 3389));
+    assert!(
+        third
+            .reason_counter(Verdict::Drop, Reason::Policy)
+            .unwrap()
+            .packets
+            >= 1,
+        "the new maps count"
+    );
+    drop(third);
+    let status = Dataplane::open_pinned(&dir.0).expect("the replaced state is this build's");
+    assert_eq!(status.policy_state().unwrap().generation, 1);
+    drop(status);
+    // Same sizes, another meaning: the layout stamp of another build is refused too.
+    let config_pin = dir.0.join("maps").join(map_names::CONFIG);
+    let slot = exfw_common::config::PINNED_LAYOUT
+        .to_le_bytes()
+        .map(|b| b.to_string());
+    let mut update = vec![
+        "map",
+        "update",
+        "pinned",
+        config_pin.to_str().unwrap(),
+        "key",
+    ];
+    update.extend(slot.iter().map(String::as_str));
+    update.extend(["value", "231", "3", "0", "0", "0", "0", "0", "0"]);
+    bpftool(&update);
+    match Dataplane::open_pinned(&dir.0) {
+        Err(e @ DataplaneError::IncompatiblePins { .. }) => {
+            assert!(e.to_string().contains("layout 999, this build"), "{e}")
+        }
+        other => panic!("expected IncompatiblePins, got {:?}", other.err()),
+    }
 
     // Removing the pins detaches everything: the blocked port connects again.
     let detached = dataplane::remove_pinned(&dir.0).unwrap();

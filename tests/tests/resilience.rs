@@ -17,7 +17,7 @@ use std::{
 
 use exfw_tests::{
     daemon::{
-        GATEWAY_CONFIG, METRICS, Scratch, connects, exfw_detach, exfw_status, http_get,
+        Daemon, GATEWAY_CONFIG, METRICS, Scratch, connects, exfw_detach, exfw_status, http_get,
         http_get_here, more_servers, value, wait_until, write_config,
     },
     netns::{Namespace, Topology},
@@ -99,6 +99,28 @@ fn reloads_never_remove_protection_by_accident() {
     );
     assert!(status_text(&net.gateway, &scratch.pins).contains("in0 (driver, attached)"));
 
+    // The file cut inside the last [[interface]], before its accepts list: in0 would take
+    // every source. Refused: the running policy stays.
+    let cut = four_servers.replacen("accepts = [\"mailbox\"]\n", "", 1);
+    assert_ne!(cut, four_servers);
+    write_config(&scratch.config(), &cut);
+    wait_until("the accepts refusal", Duration::from_secs(10), || {
+        value(
+            &net.gateway,
+            "exfw_config_reload_refusals_total",
+            &[r#"reason="opens_interface_sources""#],
+        ) == 1.0
+    });
+    assert!(
+        daemon.log_text().contains("drops the accepts list of in0"),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        value(&net.gateway, "exfw_policy_generation", &[]),
+        generation
+    );
+
     // Three of the four servers gone (75 % > the default 50 %): refused.
     write_config(&scratch.config(), GATEWAY_CONFIG);
     wait_until("the second refusal", Duration::from_secs(10), || {
@@ -117,6 +139,29 @@ fn reloads_never_remove_protection_by_accident() {
     );
     assert!(connects(&net.outside, 443));
     assert!(!connects(&net.outside, 3389));
+
+    // A restart with that file is held to what the pinned policy protects: refused (exit 3,
+    // not restarted by the unit), the pinned policy stays in force.
+    daemon.signal(libc::SIGTERM);
+    let (code, text) = daemon.exit_and_log(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{text}");
+    let restart = Daemon::start(
+        &net.gateway,
+        &scratch.config(),
+        &scratch.pins,
+        &scratch.log("guard-restart"),
+    );
+    let (code, text) = restart.exit_and_log(Duration::from_secs(30));
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("removes 3 of the 4 protected addresses"),
+        "{text}"
+    );
+    assert!(connects(&net.outside, 443));
+    assert!(!connects(&net.outside, 3389));
+    // With the full file it starts, adopting the pinned policy (nothing counts as removed).
+    write_config(&scratch.config(), &four_servers);
+    let _daemon = scratch.start_ready(&net.gateway, "guard-again");
 
     // Written slowly in place: nothing is loaded until the writer closes the file, then the
     // complete file is (here one that allows the removal explicitly).

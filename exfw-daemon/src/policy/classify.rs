@@ -282,8 +282,13 @@ impl Reference {
         &self.policy
     }
 
-    /// Swaps the policy, keeping connections, fragments and counters (as a generation flip does).
+    /// Swaps the policy, keeping connections, fragments and counters (as a generation flip
+    /// does), except the per-port drop counters of destination classes the new policy no
+    /// longer has, which the data plane removes once the old generation is gone.
     pub fn set_policy(&mut self, policy: Policy) {
+        self.counters.drops.retain(|key, _| {
+            key.dst_class == CLASS_EXTERNAL || policy.class(key.dst_class).is_some()
+        });
         self.named_ports = policy.named_ports();
         for iface in &policy.interfaces {
             let next = self.ifindex.len() as u32 + 1;

@@ -54,6 +54,20 @@ impl Compiled {
         self.provenance = provenance;
     }
 
+    /// Gives every class the id `new_id` maps its compiled id to (external stays 0), in the
+    /// policy, the gateway's own rules and the roles of each class.
+    pub fn renumber_classes(&mut self, new_id: &BTreeMap<u16, u16>) {
+        let map = |id: u16| new_id.get(&id).copied().unwrap_or(id);
+        self.policy.renumber_classes(new_id);
+        for host in &mut self.host_rules {
+            host.rule.renumber_classes(map);
+        }
+        self.class_roles = std::mem::take(&mut self.class_roles)
+            .into_iter()
+            .map(|(id, roles)| (map(id), roles))
+            .collect();
+    }
+
     /// A rule's identity: what keeps its counters across reloads (service, destination,
     /// protocol, ports).
     pub fn rule_identity(&self, rule: &Rule) -> String {

@@ -10,7 +10,10 @@ pub mod export;
 pub mod probe;
 pub mod scenario;
 
-use std::{collections::BTreeSet, collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::Duration,
+};
 
 pub use classify::{Counters, Outcome, Reference, Routes};
 pub use compile::{Compiled, HostRule, compile};
@@ -159,6 +162,14 @@ pub struct Rule {
     pub proto: u8,
     /// Destination ports (ICMP types for ICMP).
     pub ports: PortRange,
+}
+
+impl Rule {
+    /// Replaces the rule's class ids with what `map` makes of them.
+    pub fn renumber_classes(&mut self, map: impl Fn(u16) -> u16) {
+        self.dst_class = map(self.dst_class);
+        self.src_classes = self.src_classes.iter().map(|id| map(*id)).collect();
+    }
 }
 
 /// A complete policy: everything one generation of the data plane holds.
@@ -392,6 +403,24 @@ impl Policy {
             ANY_INTERFACE,
             0,
         )
+    }
+
+    /// Gives every class the id `new_id` returns for it (external stays 0), everywhere a class
+    /// id appears: classes, rules and the interfaces' accepted sources.
+    pub fn renumber_classes(&mut self, new_id: &BTreeMap<u16, u16>) {
+        let map = |id: u16| new_id.get(&id).copied().unwrap_or(id);
+        for class in &mut self.classes {
+            class.id = map(class.id);
+        }
+        self.classes.sort_by_key(|c| c.id);
+        for rule in &mut self.rules {
+            rule.renumber_classes(map);
+        }
+        for iface in &mut self.interfaces {
+            if let Accepts::Classes(set) = &mut iface.accepts {
+                *set = set.iter().map(|id| map(*id)).collect();
+            }
+        }
     }
 
     /// The class with this id.
