@@ -28,7 +28,7 @@ use exfw_common::{
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use crate::policy::{Compiled, Counters, Mode, Policy, PolicyError, PortRange, Rule};
+use crate::policy::{Compiled, Counters, Mode, Policy, PolicyError, PortRange, Protection, Rule};
 
 /// Something the data plane could not do.
 #[derive(Debug, thiserror::Error)]
@@ -313,7 +313,7 @@ pub fn remove_pinned(dir: &Path) -> Result<Vec<String>, DataplaneError> {
         let path = pins.link_path(iface, *mode);
         std::fs::remove_file(&path).map_err(pin_err(format!("removing {}", path.display())))?;
     }
-    for sub in ["links/driver", "links/skb", "links", "maps"] {
+    for sub in ["links/driver", "links/skb", "links", "maps", REPLACED_MAPS] {
         let sub = dir.join(sub);
         for entry in std::fs::read_dir(&sub).into_iter().flatten().flatten() {
             std::fs::remove_file(entry.path())
@@ -900,24 +900,41 @@ fn pinned_map_differences(dir: &Path) -> Result<Vec<String>, DataplaneError> {
     Ok(differences)
 }
 
-/// Unpins every map under `dir` so the loader creates this build's. The interfaces stay
-/// filtered meanwhile: the pinned links keep the old program, which keeps its maps, until
+/// Where the maps of an incompatible build are set aside until this build's program has
+/// replaced the one that uses them (bpffs refuses names with a dot).
+const REPLACED_MAPS: &str = "replaced-maps";
+
+/// Sets every map under `dir` aside in one step (a rename, so an interruption leaves either
+/// the old set or none, never a mix) for the loader to create this build's. The interfaces
+/// stay filtered meanwhile: the pinned links keep the old program, which keeps its maps, until
 /// the new program replaces it at attach.
 fn replace_pinned_maps(dir: &Path, differences: &str) -> Result<(), DataplaneError> {
     warn!(
         dir = %dir.display(),
         differences,
-        "the pinned maps are from an incompatible exfw build: replacing them (counters and connection tables start empty; the old program keeps filtering until this build's policy is attached)"
+        "the pinned maps are from an incompatible exfw build: setting them aside for new ones (counters and connection tables start empty; the old program keeps filtering until this build's is attached)"
     );
-    for name in map_names::ALL {
-        let path = dir.join("maps").join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(pin_err(format!("removing {}", path.display()))(e)),
-        }
+    remove_replaced_maps(dir)?;
+    let (maps, aside) = (dir.join("maps"), dir.join(REPLACED_MAPS));
+    std::fs::rename(&maps, &aside).map_err(pin_err(format!(
+        "moving {} to {}",
+        maps.display(),
+        aside.display()
+    )))?;
+    std::fs::create_dir(&maps).map_err(pin_err(format!("creating {}", maps.display())))
+}
+
+/// Removes maps an earlier start set aside (their program is gone or going).
+fn remove_replaced_maps(dir: &Path) -> Result<(), DataplaneError> {
+    let aside = dir.join(REPLACED_MAPS);
+    if !aside.exists() {
+        return Ok(());
     }
-    Ok(())
+    for entry in std::fs::read_dir(&aside).into_iter().flatten().flatten() {
+        std::fs::remove_file(entry.path())
+            .map_err(pin_err(format!("removing {}", entry.path().display())))?;
+    }
+    std::fs::remove_dir(&aside).map_err(pin_err(format!("removing {}", aside.display())))
 }
 
 /// The loaded XDP program and its maps.
@@ -925,6 +942,10 @@ pub struct Dataplane {
     ebpf: Ebpf,
     events: Option<EventRing>,
     generation: u32,
+    /// The class ids of the policy this process put in force (`None` before its first apply).
+    classes_in_force: Option<BTreeSet<u16>>,
+    /// This load set aside the maps of an incompatible build (see [`Dataplane::replaced`]).
+    replaced: bool,
     /// The interface index each interface of the policy in force was encoded with (0: absent).
     encoded_ifindexes: BTreeMap<String, u32>,
     pins: Option<Pins>,
@@ -966,18 +987,27 @@ impl Dataplane {
 
     fn load_with(options: &LoadOptions, pins: Option<Pins>) -> Result<Self, DataplaneError> {
         check_kernel()?;
+        let mut replaced = false;
         if let Some(p) = &pins {
-            let differences = pinned_map_differences(&p.dir)?;
-            if !differences.is_empty() {
-                let differences = differences.join("; ");
-                if p._lock.is_none() {
-                    // A reader (`exfw status`, scrapes) must not read maps of another layout.
+            let mut differences = pinned_map_differences(&p.dir)?;
+            if p._lock.is_none() {
+                // A reader (`exfw status`, scrapes) changes nothing: it neither creates a map
+                // that is missing (the loader would pin one) nor reads maps of another layout.
+                differences.extend(
+                    map_names::ALL
+                        .iter()
+                        .filter(|n| !p.dir.join("maps").join(n).exists())
+                        .map(|n| format!("{n}: not pinned (the daemon creates it at its start)")),
+                );
+                if !differences.is_empty() {
                     return Err(DataplaneError::IncompatiblePins {
                         dir: p.dir.clone(),
-                        differences,
+                        differences: differences.join("; "),
                     });
                 }
-                replace_pinned_maps(&p.dir, &differences)?;
+            } else if !differences.is_empty() {
+                replace_pinned_maps(&p.dir, &differences.join("; "))?;
+                replaced = true;
             }
         }
         let mut loader = EbpfLoader::new();
@@ -1014,6 +1044,8 @@ impl Dataplane {
             ebpf,
             events: Some(EventRing(events)),
             generation: 0,
+            classes_in_force: None,
+            replaced,
             encoded_ifindexes: BTreeMap::new(),
             pins,
         };
@@ -1022,6 +1054,22 @@ impl Dataplane {
             dataplane.set_event_rate(100, 100)?;
         }
         Ok(dataplane)
+    }
+
+    /// Whether this load set aside the maps of an incompatible build (they go with
+    /// [`Dataplane::discard_replaced_maps`] once this build's program is attached).
+    pub fn replaced(&self) -> bool {
+        self.replaced
+    }
+
+    /// Unpins the maps set aside at load: call once this build's program has replaced the old
+    /// one on every interface (until then the old program still reads them).
+    pub fn discard_replaced_maps(&mut self) -> Result<(), DataplaneError> {
+        if let Some(p) = &self.pins {
+            remove_replaced_maps(&p.dir)?;
+        }
+        self.replaced = false;
+        Ok(())
     }
 
     /// The generation packets are judged by (0 before the first policy).
@@ -1087,48 +1135,79 @@ impl Dataplane {
         })
     }
 
-    /// The prefixes the policy in force protects, read back from the pinned class tables
-    /// (`None` before any policy): what a start compares a new config with, since the config
-    /// that policy came from is not kept.
-    pub fn protected_prefixes(&self) -> Result<Option<BTreeSet<IpNet>>, DataplaneError> {
+    /// What the policy in force protects, read back from the pinned class and interface
+    /// tables (`None` before any policy): what a start compares a new config with, since the
+    /// config that policy came from is not kept. An interface counts as restricted when some
+    /// class, or the external addresses, may not arrive there; one that is gone is left out.
+    pub fn protection_in_force(&self) -> Result<Option<Protection>, DataplaneError> {
+        fn read<K: aya::Pod>(
+            ebpf: &Ebpf,
+            name: &'static str,
+            generation: [u8; 4],
+            key_generation: impl Fn(&K) -> [u8; 4],
+            prefix: impl Fn(&K, u8) -> Option<IpNet>,
+            protection: &mut Protection,
+            ingress: &mut u64,
+        ) -> Result<(), DataplaneError> {
+            let map = ebpf.map(name).ok_or(DataplaneError::Missing("class map"))?;
+            let trie = LpmTrie::<_, K, ClassValue>::try_from(map).map_err(map_err(name))?;
+            for item in trie.iter() {
+                let (key, value) = item.map_err(map_err(format!("reading {name}")))?;
+                let data = key.data();
+                if key_generation(&data) != generation {
+                    continue;
+                }
+                *ingress &= value.ingress;
+                let len = key.prefix_len().saturating_sub(GENERATION_BITS) as u8;
+                if value.flags & CLASS_PROTECTED != 0 {
+                    protection.protected.extend(prefix(&data, len));
+                }
+            }
+            Ok(())
+        }
         if self.generation == 0 {
             return Ok(None);
         }
         let generation = self.generation.to_be_bytes();
-        let mut out = BTreeSet::new();
-        let v4 = self
+        let mut protection = Protection::default();
+        // The slots every class may arrive on.
+        let mut ingress = u64::MAX;
+        read::<ClassKeyV4>(
+            &self.ebpf,
+            map_names::CLASS_V4,
+            generation,
+            |k| k.generation,
+            |k, len| ipnet::Ipv4Net::new(k.addr.into(), len).ok().map(IpNet::V4),
+            &mut protection,
+            &mut ingress,
+        )?;
+        read::<ClassKeyV6>(
+            &self.ebpf,
+            map_names::CLASS_V6,
+            generation,
+            |k| k.generation,
+            |k, len| ipnet::Ipv6Net::new(k.addr.into(), len).ok().map(IpNet::V6),
+            &mut protection,
+            &mut ingress,
+        )?;
+        let map = self
             .ebpf
-            .map(map_names::CLASS_V4)
-            .ok_or(DataplaneError::Missing("class map"))?;
-        let v4 =
-            LpmTrie::<_, ClassKeyV4, ClassValue>::try_from(v4).map_err(map_err("class map"))?;
-        for item in v4.iter() {
-            let (key, value) = item.map_err(map_err("reading the class map"))?;
-            let data = key.data();
-            if data.generation == generation && value.flags & CLASS_PROTECTED != 0 {
-                let len = key.prefix_len().saturating_sub(GENERATION_BITS) as u8;
-                if let Ok(net) = ipnet::Ipv4Net::new(data.addr.into(), len) {
-                    out.insert(IpNet::V4(net));
+            .map(map_names::IFACES)
+            .ok_or(DataplaneError::Missing("interface map"))?;
+        let ifaces = aya::maps::HashMap::<_, IfaceKey, IfaceValue>::try_from(map)
+            .map_err(map_err("interface map"))?;
+        for item in ifaces.iter() {
+            let (key, value) = item.map_err(map_err("reading the interface map"))?;
+            let every_source = value.flags & IFACE_ACCEPTS_EXTERNAL != 0
+                && (ingress >> (value.slot & 63)) & 1 != 0;
+            if key.generation == self.generation && key.ifindex != 0 && !every_source {
+                let name = interface_name(key.ifindex);
+                if ifindex_of(&name) == Some(key.ifindex) {
+                    protection.restricted_interfaces.insert(name);
                 }
             }
         }
-        let v6 = self
-            .ebpf
-            .map(map_names::CLASS_V6)
-            .ok_or(DataplaneError::Missing("class map"))?;
-        let v6 =
-            LpmTrie::<_, ClassKeyV6, ClassValue>::try_from(v6).map_err(map_err("class map"))?;
-        for item in v6.iter() {
-            let (key, value) = item.map_err(map_err("reading the class map"))?;
-            let data = key.data();
-            if data.generation == generation && value.flags & CLASS_PROTECTED != 0 {
-                let len = key.prefix_len().saturating_sub(GENERATION_BITS) as u8;
-                if let Ok(net) = ipnet::Ipv6Net::new(data.addr.into(), len) {
-                    out.insert(IpNet::V6(net));
-                }
-            }
-        }
-        Ok(Some(out))
+        Ok(Some(protection))
     }
 
     /// The flow table's capacity as the kernel made it (a pinned table keeps the size it was
@@ -1264,6 +1343,7 @@ impl Dataplane {
             .map(|c| (c.id, fnv1a(c.name.as_bytes())))
             .collect();
         let wanted: BTreeSet<u64> = names.iter().map(|(_, h)| *h).collect();
+        let generation = self.generation;
         let mut ids = self.hash_map::<u64, u32>(map_names::CLASS_IDS)?;
         let mut known: BTreeMap<u64, u16> = BTreeMap::new();
         for item in ids.iter() {
@@ -1273,6 +1353,9 @@ impl Dataplane {
                 known.insert(hash, id);
             }
         }
+        // Pinned by a build that numbered classes in compile order, without this table: the
+        // same config gives the same ids, so the counters are adopted, not cleared.
+        let adopting = known.is_empty() && generation != 0;
         let mut used: BTreeSet<u16> = known.values().copied().collect();
         let mut new_id = BTreeMap::new();
         let mut fresh = BTreeSet::new();
@@ -1309,7 +1392,7 @@ impl Dataplane {
             fresh.insert(id);
         }
         // A class new to this id starts its drop counters from zero.
-        if !fresh.is_empty() {
+        if !fresh.is_empty() && !adopting {
             self.remove_drop_counters(|class| fresh.contains(&class))?;
         }
         compiled.renumber_classes(&new_id);
@@ -1359,6 +1442,14 @@ impl Dataplane {
         // into this generation: only the one in force stays.
         let current = self.generation;
         self.remove_generations(|g| g != current)?;
+        // Only the generation in force is left: if this process put it in force, the drop
+        // counters of classes it lacks go (when membarrier failed at its flip, they are still
+        // here).
+        if let Some(classes) = self.classes_in_force.clone() {
+            self.remove_drop_counters(|class| {
+                class != CLASS_EXTERNAL && !classes.contains(&class)
+            })?;
+        }
         let entries = encode(policy, next, &ifindexes);
         // Refused before anything is written: a policy that fits only once would make every
         // later reload fail, a switch to audit included.
@@ -1406,6 +1497,7 @@ impl Dataplane {
                 .map_err(map_err("writing the config map"))?;
         }
         self.generation = next;
+        self.classes_in_force = Some(policy.classes.iter().map(|c| c.id).collect());
         self.encoded_ifindexes = policy
             .interfaces
             .iter()
@@ -1418,7 +1510,7 @@ impl Dataplane {
         if wait_for_running_programs() {
             // The new generation is in force whatever happens here: a failure only leaves old
             // entries for the next apply to sweep.
-            let classes: BTreeSet<u16> = policy.classes.iter().map(|c| c.id).collect();
+            let classes = self.classes_in_force.clone().unwrap_or_default();
             let swept = self.remove_generations(|g| g != next).and_then(|()| {
                 // No packet can count under a class the policy no longer has: its drop
                 // counters go (the series of a removed role ends rather than linger).

@@ -25,7 +25,7 @@ use crate::{
     dataplane::{Dataplane, EventRing, LoadOptions},
     links::{self, InterfaceState, InterfaceStatus},
     metrics::{ReloadStatus, Shared},
-    policy::{Compiled, compile},
+    policy::{Compiled, Protection, compile},
     server,
 };
 
@@ -78,11 +78,16 @@ impl Refusal {
     }
 }
 
-/// Whether moving from `running` (None at start) to `new` would remove protection by
+/// Whether moving from the protection `in_force` (the running config's at a reload, the pinned
+/// policy's at a start, `None` when nothing is in force) to `new` would remove protection by
 /// accident: an interface in `filtered` (exfw's program is attached there now) that `new`
-/// does not name, an interface that loses its accepts list, or more of the running protected
+/// does not name, a restricted interface that loses its accepts list, or more of the protected
 /// addresses than `new` allows to go.
-pub fn refusal(running: Option<&Config>, new: &Config, filtered: &[String]) -> Option<Refusal> {
+pub fn refusal(
+    in_force: Option<&Protection>,
+    new: &Config,
+    filtered: &[String],
+) -> Option<Refusal> {
     let detached: Vec<String> = filtered
         .iter()
         .filter(|iface| !new.interfaces.iter().any(|i| &i.name == *iface))
@@ -91,23 +96,30 @@ pub fn refusal(running: Option<&Config>, new: &Config, filtered: &[String]) -> O
     if !detached.is_empty() {
         return Some(Refusal::DetachesInterfaces(detached));
     }
-    let running = running?;
+    let in_force = in_force?;
     let opened: Vec<String> = new
         .interfaces
         .iter()
-        .filter(|i| {
-            i.accepts.is_none()
-                && running
-                    .interfaces
-                    .iter()
-                    .any(|r| r.name == i.name && r.accepts.is_some())
-        })
+        .filter(|i| i.accepts.is_none() && in_force.restricted_interfaces.contains(&i.name))
         .map(|i| i.name.clone())
         .collect();
     if !opened.is_empty() {
         return Some(Refusal::OpensInterfaceSources(opened));
     }
-    removal_refusal(&running.protected_addresses(), new)
+    removal_refusal(&in_force.protected, new)
+}
+
+/// What `config` protects, to hold the next config to (a reload).
+pub fn protection_of(config: &Config) -> Protection {
+    Protection {
+        protected: config.protected_addresses(),
+        restricted_interfaces: config
+            .interfaces
+            .iter()
+            .filter(|i| i.accepts.is_some())
+            .map(|i| i.name.clone())
+            .collect(),
+    }
 }
 
 /// Whether `new` drops more of the `running` protected addresses than its
@@ -267,15 +279,31 @@ fn detach_unnamed(dataplane: &mut Dataplane, config: &Config) -> Result<()> {
 /// new generation; then publishes the config, policy and interface states it applied.
 ///
 /// Interfaces are attached before the flip, so a failure there leaves the running generation
-/// in force (an interface attached anew meanwhile drops what arrives as `unknown_interface`).
+/// in force (an interface attached anew meanwhile drops what arrives as `unknown_interface`);
+/// over maps without a policy, after it.
 /// After the flip nothing can fail but the removal of unnamed interfaces, and what is in force
 /// is published either way.
 fn apply(shared: &Shared, mut compiled: Compiled, config: Config) -> Result<u32> {
     let mut dataplane = shared.dataplane.lock().unwrap_or_else(|e| e.into_inner());
     dataplane.assign_class_ids(&mut compiled)?;
     dataplane.assign_rule_slots(&mut compiled)?;
-    let attached = attach_interfaces(&mut dataplane, &config)?;
-    let generation = dataplane.apply(&compiled.policy)?;
+    let (attached, generation) = if dataplane.generation() == 0 {
+        // Maps without a policy (a first start, or the state of an incompatible build set
+        // aside): the policy goes in before a program that reads them is attached. Attached
+        // first, it would drop everything as `unknown_interface` until the flip, and for good
+        // if the flip failed; this way a failure leaves the old program, if any, filtering.
+        let generation = dataplane.apply(&compiled.policy)?;
+        (attach_interfaces(&mut dataplane, &config)?, generation)
+    } else {
+        let attached = attach_interfaces(&mut dataplane, &config)?;
+        (attached, dataplane.apply(&compiled.policy)?)
+    };
+    if dataplane.replaced() {
+        // This build's program now runs on every interface: the old maps are unused.
+        if let Err(e) = dataplane.discard_replaced_maps() {
+            warn!("removing the maps of the incompatible build failed: {e}");
+        }
+    }
     let detached = detach_unnamed(&mut dataplane, &config);
     *shared.compiled.write().unwrap_or_else(|e| e.into_inner()) = compiled;
     *shared.interfaces.write().unwrap_or_else(|e| e.into_inner()) = attached;
@@ -329,7 +357,7 @@ fn try_reload(shared: &Shared, options: &RunOptions) -> Outcome {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    if let Some(refused) = refusal(Some(&running), &config, &filtered) {
+    if let Some(refused) = refusal(Some(&protection_of(&running)), &config, &filtered) {
         return Outcome::Refused(refused);
     }
     if config.limits.flow_entries != running.limits.flow_entries
@@ -565,14 +593,10 @@ async fn run_async(options: RunOptions) -> Result<()> {
     })?;
     // A start over pinned state is held to what that state protects, as a reload is to the
     // running config: a restart with a file cut short must not apply it either.
-    let pinned_protected = dataplane
-        .protected_prefixes()
-        .context("reading the protected addresses of the pinned policy")?;
-    let refused = refusal(None, &config, &filtered_interfaces(&dataplane)).or_else(|| {
-        pinned_protected
-            .as_ref()
-            .and_then(|pinned| removal_refusal(pinned, &config))
-    });
+    let in_force = dataplane
+        .protection_in_force()
+        .context("reading what the pinned policy protects")?;
+    let refused = refusal(in_force.as_ref(), &config, &filtered_interfaces(&dataplane));
     if let Some(refused) = refused {
         return Err(anyhow::Error::new(refused).context("the pinned policy stays in force"));
     }
@@ -775,14 +799,22 @@ mod tests {
     fn a_reload_that_drops_a_filtered_interface_is_refused() {
         let running = config(2, &["eth0", "eth1"], "");
         let new = config(2, &["eth0"], "");
-        let refused = refusal(Some(&running), &new, &filtered(&["eth0", "eth1"])).unwrap();
+        let refused = refusal(
+            Some(&protection_of(&running)),
+            &new,
+            &filtered(&["eth0", "eth1"]),
+        )
+        .unwrap();
         assert_eq!(refused, Refusal::DetachesInterfaces(vec!["eth1".into()]));
         assert!(
             refused.to_string().contains("exfw detach eth1"),
             "{refused}"
         );
         // Once detached explicitly (no longer filtered), the same reload goes through.
-        assert_eq!(refusal(Some(&running), &new, &filtered(&["eth0"])), None);
+        assert_eq!(
+            refusal(Some(&protection_of(&running)), &new, &filtered(&["eth0"])),
+            None
+        );
         // At start, a pinned interface the config forgot is refused the same way.
         assert!(refusal(None, &new, &filtered(&["eth0", "eth1"])).is_some());
     }
@@ -792,11 +824,20 @@ mod tests {
         let running = config(4, &["eth0"], "");
         // Half of them: the default limit (50 %) allows it.
         assert_eq!(
-            refusal(Some(&running), &config(2, &["eth0"], ""), &[]),
+            refusal(
+                Some(&protection_of(&running)),
+                &config(2, &["eth0"], ""),
+                &[]
+            ),
             None
         );
         // Three of four: refused, naming what would go.
-        let refused = refusal(Some(&running), &config(1, &["eth0"], ""), &[]).unwrap();
+        let refused = refusal(
+            Some(&protection_of(&running)),
+            &config(1, &["eth0"], ""),
+            &[],
+        )
+        .unwrap();
         assert_eq!(refused.reason(), "removes_protected_addresses");
         assert!(refused.to_string().contains("3 of the 4"), "{refused}");
         assert!(refused.to_string().contains("192.0.2.4/32"), "{refused}");
@@ -806,16 +847,20 @@ mod tests {
             &["eth0"],
             "[reload]\nmax_protected_removal_percent = 100\n",
         );
-        assert_eq!(refusal(Some(&running), &allowed, &[]), None);
+        assert_eq!(refusal(Some(&protection_of(&running)), &allowed, &[]), None);
         // A limit of 0 refuses any loss, and adding hosts is never refused.
         let strict = config(
             3,
             &["eth0"],
             "[reload]\nmax_protected_removal_percent = 0\n",
         );
-        assert!(refusal(Some(&running), &strict, &[]).is_some());
+        assert!(refusal(Some(&protection_of(&running)), &strict, &[]).is_some());
         assert_eq!(
-            refusal(Some(&running), &config(9, &["eth0"], ""), &[]),
+            refusal(
+                Some(&protection_of(&running)),
+                &config(9, &["eth0"], ""),
+                &[]
+            ),
             None
         );
     }
@@ -834,13 +879,19 @@ mod tests {
         let running = with_list("accepts = [\"external\", \"mailbox\"]\n");
         // Cut short before the accepts key: refused, naming the interface.
         let cut = with_list("");
-        let refused = refusal(Some(&running), &cut, &filtered(&["eth0"])).unwrap();
+        let refused = refusal(Some(&protection_of(&running)), &cut, &filtered(&["eth0"])).unwrap();
         assert_eq!(refused, Refusal::OpensInterfaceSources(vec!["eth0".into()]));
         assert_eq!(refused.reason(), "opens_interface_sources");
         // Another list is a choice, not an accident; an interface that never had one is fine.
         let other = with_list("accepts = [\"mailbox\"]\n");
-        assert_eq!(refusal(Some(&running), &other, &filtered(&["eth0"])), None);
-        assert_eq!(refusal(Some(&cut), &cut, &filtered(&["eth0"])), None);
+        assert_eq!(
+            refusal(Some(&protection_of(&running)), &other, &filtered(&["eth0"])),
+            None
+        );
+        assert_eq!(
+            refusal(Some(&protection_of(&cut)), &cut, &filtered(&["eth0"])),
+            None
+        );
     }
 
     #[test]

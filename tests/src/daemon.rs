@@ -336,3 +336,73 @@ impl Drop for Scratch {
         }
     }
 }
+
+/// Connects from a namespace, over and over, to 192.0.2.2:443 (must connect) and :3389 (must
+/// not) until finished: proof that enforcement had no gap across a restart.
+pub struct Prober {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<ProbeCount>,
+}
+
+/// What a [`Prober`] saw.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ProbeCount {
+    /// Rounds of both probes.
+    pub rounds: usize,
+    /// Connections to 3389 that succeeded (must be 0).
+    pub denied_connected: usize,
+    /// Connections to 443 that failed (must be 0).
+    pub allowed_failed: usize,
+}
+
+impl Prober {
+    /// Starts probing from `outside` in a thread of its own.
+    pub fn start(outside: &Namespace) -> Prober {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let path = format!("/run/netns/{}", outside.name());
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let file = std::fs::File::open(path).unwrap();
+                // SAFETY: this thread is ours; it stays in the outside namespace.
+                assert_eq!(
+                    unsafe {
+                        libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
+                    },
+                    0
+                );
+                let mut count = ProbeCount::default();
+                while !stop.load(Ordering::Relaxed) || count.rounds < 3 {
+                    for port in [3389u16, 443] {
+                        let socket = socket2::Socket::new(
+                            socket2::Domain::IPV4,
+                            socket2::Type::STREAM,
+                            None,
+                        )
+                        .unwrap();
+                        let dst: std::net::SocketAddr =
+                            format!("192.0.2.2:{port}").parse().unwrap();
+                        let connected = socket
+                            .connect_timeout(&dst.into(), Duration::from_millis(300))
+                            .is_ok();
+                        match (port, connected) {
+                            (3389, true) => count.denied_connected += 1,
+                            (443, false) => count.allowed_failed += 1,
+                            _ => {}
+                        }
+                    }
+                    count.rounds += 1;
+                }
+                count
+            })
+        };
+        Prober { stop, thread }
+    }
+
+    /// Stops after at least three rounds and says what was seen.
+    pub fn finish(self) -> ProbeCount {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the prober panicked")
+    }
+}

@@ -3,26 +3,16 @@
 //! file reloads; kill -9 keeps enforcing; a restart adopts the pinned state and replaces the
 //! program through the pinned links; SIGTERM; `exfw detach`.
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use exfw_tests::{
     daemon::{
-        Daemon, GATEWAY_CONFIG, Scratch, connects, exfw_detach, exfw_status, http_get, metric,
-        scrape, value, wait_until, write_config,
+        Daemon, GATEWAY_CONFIG, Prober, Scratch, connects, exfw_detach, exfw_status, http_get,
+        metric, scrape, value, wait_until, write_config,
     },
     netns::{Namespace, Topology},
     require_root,
 };
-use socket2::{Domain, Socket, Type};
 
 const ALLOW_RDP: &str = r#"
 [[allow]]
@@ -199,38 +189,7 @@ fn daemon_lifecycle() {
     let (link_id, prog_id) = pinned_link(&pins, "out0");
 
     // kill -9: enforcement goes on, also while probing continuously across the restart.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (rdp_connected, https_failed) =
-        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let outside_name = net.outside.name().to_string();
-    let prober = {
-        let (stop, rdp, https) = (stop.clone(), rdp_connected.clone(), https_failed.clone());
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(format!("/run/netns/{outside_name}")).unwrap();
-            // SAFETY: this thread is ours; it stays in the outside namespace.
-            assert_eq!(
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) },
-                0
-            );
-            let mut rounds = 0;
-            while !stop.load(Ordering::Relaxed) || rounds < 3 {
-                for (port, counter, bad_when_connected) in
-                    [(3389u16, &rdp, true), (443, &https, false)]
-                {
-                    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-                    let dst: SocketAddr = format!("192.0.2.2:{port}").parse().unwrap();
-                    let connected = socket
-                        .connect_timeout(&dst.into(), Duration::from_millis(300))
-                        .is_ok();
-                    if connected == bad_when_connected {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                rounds += 1;
-            }
-            rounds
-        })
-    };
+    let prober = Prober::start(&net.outside);
     daemon.kill9();
     assert!(!connects(&net.outside, 3389));
     assert!(connects(&net.outside, 443));
@@ -263,18 +222,12 @@ fn daemon_lifecycle() {
         http_get(&net.gateway, exfw_tests::daemon::METRICS, "/readyz")
             .is_some_and(|(s, _)| s == 200)
     });
-    stop.store(true, Ordering::Relaxed);
-    let rounds = prober.join().unwrap();
-    assert!(rounds >= 3);
+    let probes = prober.finish();
+    assert!(probes.rounds >= 3);
     assert_eq!(
-        rdp_connected.load(Ordering::Relaxed),
-        0,
-        "3389 connected while the daemon was down or restarting"
-    );
-    assert_eq!(
-        https_failed.load(Ordering::Relaxed),
-        0,
-        "443 failed while the daemon was down or restarting"
+        (probes.denied_connected, probes.allowed_failed),
+        (0, 0),
+        "3389 connected or 443 failed while the daemon was down or restarting: {probes:?}"
     );
     let (new_link_id, new_prog_id) = pinned_link(&pins, "out0");
     assert_eq!(
@@ -384,6 +337,14 @@ fn per_role_drop_series_keep_their_meaning_across_reloads() {
     assert!(!connects(&net.outside, 3389));
     let grown = series("mailbox").unwrap();
     assert!(grown > mailbox);
+    // The new role counts its own drops.
+    let cas: std::net::SocketAddr = "192.0.2.3:3389".parse().unwrap();
+    assert_eq!(
+        exfw_tests::netns::tcp_connect(&net.outside, None, cas, Duration::from_millis(1500)).err(),
+        Some(std::io::ErrorKind::TimedOut)
+    );
+    assert!(series("cas").is_some_and(|n| n >= 1.0));
+    assert_eq!(series("mailbox"), Some(grown));
 
     // The class removed again: the same, and the removed role's series is gone.
     reload_to(&base);

@@ -159,6 +159,18 @@ fn reloads_never_remove_protection_by_accident() {
     );
     assert!(connects(&net.outside, 443));
     assert!(!connects(&net.outside, 3389));
+    // So is a restart with the file that lost in0's accepts list: the pinned policy restricts
+    // the sources arriving there.
+    write_config(&scratch.config(), &cut);
+    let restart = Daemon::start(
+        &net.gateway,
+        &scratch.config(),
+        &scratch.pins,
+        &scratch.log("guard-restart-accepts"),
+    );
+    let (code, text) = restart.exit_and_log(Duration::from_secs(30));
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("drops the accepts list of in0"), "{text}");
     // With the full file it starts, adopting the pinned policy (nothing counts as removed).
     write_config(&scratch.config(), &four_servers);
     let _daemon = scratch.start_ready(&net.gateway, "guard-again");
@@ -571,4 +583,76 @@ fn a_start_that_cannot_succeed_changes_nothing_and_bpffs_or_logging_trouble_does
     );
     assert!(connects(&net.outside, 443));
     assert_eq!(http_get(&net.gateway, METRICS, "/healthz").unwrap().0, 200);
+}
+
+/// The daemon started over maps an incompatible build pinned: it says so, sets them aside and
+/// puts its own program in through the pinned links, with no moment unfiltered; readers refuse
+/// the old state rather than misread it.
+#[test]
+fn a_start_over_an_incompatible_build_replaces_its_state_without_a_gap() {
+    require_root();
+    let (scratch, net, _listeners) = gateway("upgrade");
+    write_config(&scratch.config(), GATEWAY_CONFIG);
+    let daemon = scratch.start_ready(&net.gateway, "old-build");
+    daemon.signal(libc::SIGTERM);
+    let (code, text) = daemon.exit_and_log(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{text}");
+
+    // What an older build with another drop-counter key would have pinned.
+    let drops = scratch.pins.join("maps/EXFW_DROPS");
+    std::fs::remove_file(&drops).unwrap();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&drops)
+        .args([
+            "type",
+            "percpu_hash",
+            "key",
+            "12",
+            "value",
+            "16",
+            "entries",
+            "64",
+            "name",
+            "EXFW_DROPS",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = std::process::Command::new(exfw_tests::daemon::exfw_binary())
+        .args(["status", "--pin-dir"])
+        .arg(&scratch.pins)
+        .output()
+        .unwrap();
+    assert!(!status.status.success());
+    assert!(
+        String::from_utf8_lossy(&status.stderr).contains("EXFW_DROPS: key size 12, this build 8"),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
+    let prober = exfw_tests::daemon::Prober::start(&net.outside);
+    let daemon = scratch.start_ready(&net.gateway, "new-build");
+    let probes = prober.finish();
+    assert_eq!(
+        (probes.denied_connected, probes.allowed_failed),
+        (0, 0),
+        "enforcement had a gap across the replacement: {probes:?}"
+    );
+    assert!(
+        daemon
+            .log_text()
+            .contains("the pinned maps are from an incompatible exfw build"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(!scratch.pins.join("replaced-maps").exists());
+    let status = status_text(&net.gateway, &scratch.pins);
+    assert!(status.contains("out0 (driver, attached)"), "{status}");
+    assert!(connects(&net.outside, 443));
+    assert!(!connects(&net.outside, 3389));
 }

@@ -172,6 +172,16 @@ impl Rule {
     }
 }
 
+/// What a policy in force protects, as far as a reload or a start must not take it away by
+/// accident: read from the running config, or back from the pinned kernel tables at a start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Protection {
+    /// Protected prefixes: servers, domain controllers, Lync/Skype servers, protected networks.
+    pub protected: BTreeSet<IpNet>,
+    /// Interfaces that accept only some source groups.
+    pub restricted_interfaces: BTreeSet<String>,
+}
+
 /// A complete policy: everything one generation of the data plane holds.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Policy {
