@@ -313,7 +313,14 @@ pub fn remove_pinned(dir: &Path) -> Result<Vec<String>, DataplaneError> {
         let path = pins.link_path(iface, *mode);
         std::fs::remove_file(&path).map_err(pin_err(format!("removing {}", path.display())))?;
     }
-    for sub in ["links/driver", "links/skb", "links", "maps", REPLACED_MAPS] {
+    for sub in [
+        "links/driver",
+        "links/skb",
+        "links",
+        "maps",
+        REPLACED_MAPS,
+        STAGED_MAPS,
+    ] {
         let sub = dir.join(sub);
         for entry in std::fs::read_dir(&sub).into_iter().flatten().flatten() {
             std::fs::remove_file(entry.path())
@@ -831,7 +838,7 @@ fn port_prefixes(range: PortRange) -> Vec<(u16, u32)> {
 /// size would make every read overrun its buffer and the program misread every entry. Maps
 /// this build adds are not pinned yet and are created; a layout stamp catches changes of
 /// meaning that keep the sizes.
-fn pinned_map_differences(dir: &Path) -> Result<Vec<String>, DataplaneError> {
+fn pinned_map_differences(dir: &Path) -> Result<Vec<(&'static str, String)>, DataplaneError> {
     let object = aya_obj::Object::parse(crate::EBPF_OBJECT).map_err(|e| DataplaneError::Pin {
         what: "reading the embedded object's map definitions".into(),
         source: std::io::Error::other(e.to_string()),
@@ -874,7 +881,7 @@ fn pinned_map_differences(dir: &Path) -> Result<Vec<String>, DataplaneError> {
             ),
         ] {
             if pinned != ours {
-                differences.push(format!("{name}: {what} {pinned}, this build {ours}"));
+                differences.push((name, format!("{name}: {what} {pinned}, this build {ours}")));
             }
         }
     }
@@ -890,9 +897,9 @@ fn pinned_map_differences(dir: &Path) -> Result<Vec<String>, DataplaneError> {
                 .map_err(map_err("reading the pinned layout"))?;
             // 0: pinned by a build before the stamp, whose sizes were checked above.
             if stamp != 0 && stamp != exfw_common::PINNED_LAYOUT {
-                differences.push(format!(
-                    "layout {stamp}, this build {}",
-                    exfw_common::PINNED_LAYOUT
+                differences.push((
+                    "layout",
+                    format!("layout {stamp}, this build {}", exfw_common::PINNED_LAYOUT),
                 ));
             }
         }
@@ -900,41 +907,123 @@ fn pinned_map_differences(dir: &Path) -> Result<Vec<String>, DataplaneError> {
     Ok(differences)
 }
 
-/// Where the maps of an incompatible build are set aside until this build's program has
-/// replaced the one that uses them (bpffs refuses names with a dot).
+/// Where the maps of an incompatible build are set aside when this build's replace them
+/// (bpffs refuses names with a dot).
 const REPLACED_MAPS: &str = "replaced-maps";
+/// Where this build creates its maps beside an incompatible build's, until its start is
+/// accepted and they take the place of `maps`.
+const STAGED_MAPS: &str = "staged-maps";
 
-/// Sets every map under `dir` aside in one step (a rename, so an interruption leaves either
-/// the old set or none, never a mix) for the loader to create this build's. The interfaces
-/// stay filtered meanwhile: the pinned links keep the old program, which keeps its maps, until
-/// the new program replaces it at attach.
-fn replace_pinned_maps(dir: &Path, differences: &str) -> Result<(), DataplaneError> {
-    warn!(
-        dir = %dir.display(),
-        differences,
-        "the pinned maps are from an incompatible exfw build: setting them aside for new ones (counters and connection tables start empty; the old program keeps filtering until this build's is attached)"
-    );
-    remove_replaced_maps(dir)?;
-    let (maps, aside) = (dir.join("maps"), dir.join(REPLACED_MAPS));
-    std::fs::rename(&maps, &aside).map_err(pin_err(format!(
-        "moving {} to {}",
-        maps.display(),
-        aside.display()
-    )))?;
-    std::fs::create_dir(&maps).map_err(pin_err(format!("creating {}", maps.display())))
-}
-
-/// Removes maps an earlier start set aside (their program is gone or going).
-fn remove_replaced_maps(dir: &Path) -> Result<(), DataplaneError> {
-    let aside = dir.join(REPLACED_MAPS);
-    if !aside.exists() {
+/// Removes the pinned maps in `dir/sub` and the directory (leftovers of an earlier start).
+fn remove_map_dir(dir: &Path, sub: &str) -> Result<(), DataplaneError> {
+    let path = dir.join(sub);
+    if !path.exists() {
         return Ok(());
     }
-    for entry in std::fs::read_dir(&aside).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(&path).into_iter().flatten().flatten() {
         std::fs::remove_file(entry.path())
             .map_err(pin_err(format!("removing {}", entry.path().display())))?;
     }
-    std::fs::remove_dir(&aside).map_err(pin_err(format!("removing {}", aside.display())))
+    std::fs::remove_dir(&path).map_err(pin_err(format!("removing {}", path.display())))
+}
+
+/// What the policy whose tables are `v4`, `v6` and `ifaces` protects in `generation`: its
+/// protected prefixes, and the interfaces where some class, or the external addresses, may not
+/// arrive (one that is gone, or was when the policy was written, is left out).
+fn protection_from(
+    generation: u32,
+    v4: &aya::maps::Map,
+    v6: &aya::maps::Map,
+    ifaces: &aya::maps::Map,
+) -> Result<Protection, DataplaneError> {
+    fn read<K: aya::Pod>(
+        map: &aya::maps::Map,
+        generation: [u8; 4],
+        key_generation: impl Fn(&K) -> [u8; 4],
+        prefix: impl Fn(&K, u8) -> Option<IpNet>,
+        protection: &mut Protection,
+        ingress: &mut u64,
+    ) -> Result<(), DataplaneError> {
+        let trie = LpmTrie::<_, K, ClassValue>::try_from(map).map_err(map_err("class map"))?;
+        for item in trie.iter() {
+            let (key, value) = item.map_err(map_err("reading a class map"))?;
+            let data = key.data();
+            if key_generation(&data) != generation {
+                continue;
+            }
+            *ingress &= value.ingress;
+            let len = key.prefix_len().saturating_sub(GENERATION_BITS) as u8;
+            if value.flags & CLASS_PROTECTED != 0 {
+                protection.protected.extend(prefix(&data, len));
+            }
+        }
+        Ok(())
+    }
+    let mut protection = Protection::default();
+    // The slots every class may arrive on.
+    let mut ingress = u64::MAX;
+    read::<ClassKeyV4>(
+        v4,
+        generation.to_be_bytes(),
+        |k| k.generation,
+        |k, len| ipnet::Ipv4Net::new(k.addr.into(), len).ok().map(IpNet::V4),
+        &mut protection,
+        &mut ingress,
+    )?;
+    read::<ClassKeyV6>(
+        v6,
+        generation.to_be_bytes(),
+        |k| k.generation,
+        |k, len| ipnet::Ipv6Net::new(k.addr.into(), len).ok().map(IpNet::V6),
+        &mut protection,
+        &mut ingress,
+    )?;
+    let ifaces = aya::maps::HashMap::<_, IfaceKey, IfaceValue>::try_from(ifaces)
+        .map_err(map_err("interface map"))?;
+    for item in ifaces.iter() {
+        let (key, value) = item.map_err(map_err("reading the interface map"))?;
+        let every_source =
+            value.flags & IFACE_ACCEPTS_EXTERNAL != 0 && (ingress >> (value.slot & 63)) & 1 != 0;
+        if key.generation == generation && key.ifindex != 0 && !every_source {
+            let name = interface_name(key.ifindex);
+            if ifindex_of(&name) == Some(key.ifindex) {
+                protection.restricted_interfaces.insert(name);
+            }
+        }
+    }
+    Ok(protection)
+}
+
+/// What the policy in the maps pinned under `dir` protects, read through this build's
+/// definitions: only when the tables it reads have this build's layout (`None` before any
+/// policy).
+fn pinned_protection(dir: &Path) -> Result<Option<Protection>, DataplaneError> {
+    let open = |name: &str| {
+        let path = dir.join("maps").join(name);
+        MapData::from_pin(&path).map_err(map_err(format!("opening {}", path.display())))
+    };
+    let config = aya::maps::Map::Array(open(map_names::CONFIG)?);
+    let generation = Array::<_, u64>::try_from(&config)
+        .map_err(map_err("config map"))?
+        .get(&config::GENERATION, 0)
+        .map_err(map_err("reading the pinned generation"))? as u32;
+    if generation == 0 {
+        return Ok(None);
+    }
+    protection_from(
+        generation,
+        &aya::maps::Map::LpmTrie(open(map_names::CLASS_V4)?),
+        &aya::maps::Map::LpmTrie(open(map_names::CLASS_V6)?),
+        &aya::maps::Map::HashMap(open(map_names::IFACES)?),
+    )
+    .map(Some)
+}
+
+/// A replacement of an incompatible build's maps under way: this build's are staged beside
+/// them until [`Dataplane::commit_replacement`].
+struct Replacement {
+    /// What the old policy protects, when its tables could be read (what a start is held to).
+    protection: Option<Protection>,
 }
 
 /// The loaded XDP program and its maps.
@@ -944,8 +1033,9 @@ pub struct Dataplane {
     generation: u32,
     /// The class ids of the policy this process put in force (`None` before its first apply).
     classes_in_force: Option<BTreeSet<u16>>,
-    /// This load set aside the maps of an incompatible build (see [`Dataplane::replaced`]).
-    replaced: bool,
+    /// This load staged its maps beside an incompatible build's (see
+    /// [`Dataplane::commit_replacement`]).
+    replacement: Option<Replacement>,
     /// The interface index each interface of the policy in force was encoded with (0: absent).
     encoded_ifindexes: BTreeMap<String, u32>,
     pins: Option<Pins>,
@@ -987,7 +1077,7 @@ impl Dataplane {
 
     fn load_with(options: &LoadOptions, pins: Option<Pins>) -> Result<Self, DataplaneError> {
         check_kernel()?;
-        let mut replaced = false;
+        let mut replacement = None;
         if let Some(p) = &pins {
             let mut differences = pinned_map_differences(&p.dir)?;
             if p._lock.is_none() {
@@ -997,17 +1087,53 @@ impl Dataplane {
                     map_names::ALL
                         .iter()
                         .filter(|n| !p.dir.join("maps").join(n).exists())
-                        .map(|n| format!("{n}: not pinned (the daemon creates it at its start)")),
+                        .map(|n| {
+                            (
+                                *n,
+                                format!("{n}: not pinned (the daemon creates it at its start)"),
+                            )
+                        }),
                 );
                 if !differences.is_empty() {
                     return Err(DataplaneError::IncompatiblePins {
                         dir: p.dir.clone(),
-                        differences: differences.join("; "),
+                        differences: differences
+                            .into_iter()
+                            .map(|(_, d)| d)
+                            .collect::<Vec<_>>()
+                            .join("; "),
                     });
                 }
-            } else if !differences.is_empty() {
-                replace_pinned_maps(&p.dir, &differences.join("; "))?;
-                replaced = true;
+            } else {
+                // Maps an interrupted replacement staged are of no use.
+                remove_map_dir(&p.dir, STAGED_MAPS)?;
+                if !differences.is_empty() {
+                    let policy_tables = [
+                        "layout",
+                        map_names::CONFIG,
+                        map_names::CLASS_V4,
+                        map_names::CLASS_V6,
+                        map_names::IFACES,
+                    ];
+                    let readable = !differences
+                        .iter()
+                        .any(|(name, _)| policy_tables.contains(name));
+                    let protection = if readable {
+                        pinned_protection(&p.dir)?
+                    } else {
+                        None
+                    };
+                    warn!(
+                        dir = %p.dir.display(),
+                        differences = differences.iter().map(|(_, d)| d.as_str()).collect::<Vec<_>>().join("; "),
+                        old_policy_readable = readable,
+                        "the pinned maps are from an incompatible exfw build: this build's are created beside them and replace them once the start is accepted (counters and connection tables start empty; the old program keeps filtering until this build's is attached)"
+                    );
+                    let staged = p.dir.join(STAGED_MAPS);
+                    std::fs::create_dir(&staged)
+                        .map_err(pin_err(format!("creating {}", staged.display())))?;
+                    replacement = Some(Replacement { protection });
+                }
             }
         }
         let mut loader = EbpfLoader::new();
@@ -1015,10 +1141,15 @@ impl Dataplane {
             .map_max_entries(map_names::FLOWS, options.flow_entries)
             .map_max_entries(map_names::PENDING, options.pending_entries)
             .map_max_entries(map_names::FRAGS, options.frag_entries);
+        let map_dir = if replacement.is_some() {
+            STAGED_MAPS
+        } else {
+            "maps"
+        };
         let map_paths: Vec<(&str, PathBuf)> = match &pins {
             Some(p) => map_names::ALL
                 .iter()
-                .map(|n| (*n, p.dir.join("maps").join(n)))
+                .map(|n| (*n, p.dir.join(map_dir).join(n)))
                 .collect(),
             None => Vec::new(),
         };
@@ -1045,7 +1176,7 @@ impl Dataplane {
             events: Some(EventRing(events)),
             generation: 0,
             classes_in_force: None,
-            replaced,
+            replacement,
             encoded_ifindexes: BTreeMap::new(),
             pins,
         };
@@ -1056,20 +1187,38 @@ impl Dataplane {
         Ok(dataplane)
     }
 
-    /// Whether this load set aside the maps of an incompatible build (they go with
-    /// [`Dataplane::discard_replaced_maps`] once this build's program is attached).
-    pub fn replaced(&self) -> bool {
-        self.replaced
+    /// Puts the maps this load staged beside an incompatible build's in their place (the old
+    /// ones aside, in one rename each): call once the start is accepted, before anything else
+    /// opens the pinned maps. The old program keeps filtering with its own maps until this
+    /// build's is attached. Nothing to do without a replacement.
+    pub fn commit_replacement(&mut self) -> Result<(), DataplaneError> {
+        let (Some(_), Some(p)) = (&self.replacement, &self.pins) else {
+            return Ok(());
+        };
+        remove_map_dir(&p.dir, REPLACED_MAPS)?;
+        let rename = |from: &str, to: &str| {
+            let (from, to) = (p.dir.join(from), p.dir.join(to));
+            std::fs::rename(&from, &to).map_err(pin_err(format!(
+                "moving {} to {}",
+                from.display(),
+                to.display()
+            )))
+        };
+        rename("maps", REPLACED_MAPS)?;
+        rename(STAGED_MAPS, "maps")?;
+        info!(dir = %p.dir.display(), "this build's maps replaced the incompatible build's");
+        self.replacement = None;
+        Ok(())
     }
 
-    /// Unpins the maps set aside at load: call once this build's program has replaced the old
-    /// one on every interface (until then the old program still reads them).
+    /// Unpins the maps a replacement set aside. Safe at any time: a program keeps the maps it
+    /// uses whether or not they are pinned; the pins only let `exfw status` of the old build
+    /// read them.
     pub fn discard_replaced_maps(&mut self) -> Result<(), DataplaneError> {
-        if let Some(p) = &self.pins {
-            remove_replaced_maps(&p.dir)?;
+        match &self.pins {
+            Some(p) => remove_map_dir(&p.dir, REPLACED_MAPS),
+            None => Ok(()),
         }
-        self.replaced = false;
-        Ok(())
     }
 
     /// The generation packets are judged by (0 before the first policy).
@@ -1137,77 +1286,27 @@ impl Dataplane {
 
     /// What the policy in force protects, read back from the pinned class and interface
     /// tables (`None` before any policy): what a start compares a new config with, since the
-    /// config that policy came from is not kept. An interface counts as restricted when some
-    /// class, or the external addresses, may not arrive there; one that is gone is left out.
+    /// config that policy came from is not kept. While replacing an incompatible build's maps,
+    /// the old policy's, when its tables could be read.
     pub fn protection_in_force(&self) -> Result<Option<Protection>, DataplaneError> {
-        fn read<K: aya::Pod>(
-            ebpf: &Ebpf,
-            name: &'static str,
-            generation: [u8; 4],
-            key_generation: impl Fn(&K) -> [u8; 4],
-            prefix: impl Fn(&K, u8) -> Option<IpNet>,
-            protection: &mut Protection,
-            ingress: &mut u64,
-        ) -> Result<(), DataplaneError> {
-            let map = ebpf.map(name).ok_or(DataplaneError::Missing("class map"))?;
-            let trie = LpmTrie::<_, K, ClassValue>::try_from(map).map_err(map_err(name))?;
-            for item in trie.iter() {
-                let (key, value) = item.map_err(map_err(format!("reading {name}")))?;
-                let data = key.data();
-                if key_generation(&data) != generation {
-                    continue;
-                }
-                *ingress &= value.ingress;
-                let len = key.prefix_len().saturating_sub(GENERATION_BITS) as u8;
-                if value.flags & CLASS_PROTECTED != 0 {
-                    protection.protected.extend(prefix(&data, len));
-                }
-            }
-            Ok(())
+        if let Some(replacement) = &self.replacement {
+            return Ok(replacement.protection.clone());
         }
         if self.generation == 0 {
             return Ok(None);
         }
-        let generation = self.generation.to_be_bytes();
-        let mut protection = Protection::default();
-        // The slots every class may arrive on.
-        let mut ingress = u64::MAX;
-        read::<ClassKeyV4>(
-            &self.ebpf,
-            map_names::CLASS_V4,
-            generation,
-            |k| k.generation,
-            |k, len| ipnet::Ipv4Net::new(k.addr.into(), len).ok().map(IpNet::V4),
-            &mut protection,
-            &mut ingress,
-        )?;
-        read::<ClassKeyV6>(
-            &self.ebpf,
-            map_names::CLASS_V6,
-            generation,
-            |k| k.generation,
-            |k, len| ipnet::Ipv6Net::new(k.addr.into(), len).ok().map(IpNet::V6),
-            &mut protection,
-            &mut ingress,
-        )?;
-        let map = self
-            .ebpf
-            .map(map_names::IFACES)
-            .ok_or(DataplaneError::Missing("interface map"))?;
-        let ifaces = aya::maps::HashMap::<_, IfaceKey, IfaceValue>::try_from(map)
-            .map_err(map_err("interface map"))?;
-        for item in ifaces.iter() {
-            let (key, value) = item.map_err(map_err("reading the interface map"))?;
-            let every_source = value.flags & IFACE_ACCEPTS_EXTERNAL != 0
-                && (ingress >> (value.slot & 63)) & 1 != 0;
-            if key.generation == self.generation && key.ifindex != 0 && !every_source {
-                let name = interface_name(key.ifindex);
-                if ifindex_of(&name) == Some(key.ifindex) {
-                    protection.restricted_interfaces.insert(name);
-                }
-            }
-        }
-        Ok(Some(protection))
+        let map = |name| {
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::Missing("policy map"))
+        };
+        protection_from(
+            self.generation,
+            map(map_names::CLASS_V4)?,
+            map(map_names::CLASS_V6)?,
+            map(map_names::IFACES)?,
+        )
+        .map(Some)
     }
 
     /// The flow table's capacity as the kernel made it (a pinned table keeps the size it was
@@ -1429,6 +1528,7 @@ impl Dataplane {
     /// the running generation stays in force and the partial new one is removed.
     pub fn apply(&mut self, policy: &Policy) -> Result<u32, DataplaneError> {
         policy.validate()?;
+        self.commit_replacement()?;
         // An interface that is gone (between the reload's check and now, or while the
         // interface watcher re-applies) gets no entry: packets cannot arrive there, and when it
         // comes back with a new index the policy is applied again.

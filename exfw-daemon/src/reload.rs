@@ -298,11 +298,9 @@ fn apply(shared: &Shared, mut compiled: Compiled, config: Config) -> Result<u32>
         let attached = attach_interfaces(&mut dataplane, &config)?;
         (attached, dataplane.apply(&compiled.policy)?)
     };
-    if dataplane.replaced() {
-        // This build's program now runs on every interface: the old maps are unused.
-        if let Err(e) = dataplane.discard_replaced_maps() {
-            warn!("removing the maps of the incompatible build failed: {e}");
-        }
+    // Maps of an incompatible build set aside at a start (this one's or an interrupted one's).
+    if let Err(e) = dataplane.discard_replaced_maps() {
+        warn!("removing the maps of an incompatible build failed: {e}");
     }
     let detached = detach_unnamed(&mut dataplane, &config);
     *shared.compiled.write().unwrap_or_else(|e| e.into_inner()) = compiled;
@@ -600,6 +598,9 @@ async fn run_async(options: RunOptions) -> Result<()> {
     if let Some(refused) = refused {
         return Err(anyhow::Error::new(refused).context("the pinned policy stays in force"));
     }
+    // Accepted: maps staged beside an incompatible build's take their place now, before the
+    // counters' reader opens them.
+    dataplane.commit_replacement()?;
     if !config.metrics_listen.ip().is_loopback() {
         warn!(
             listen = %config.metrics_listen,

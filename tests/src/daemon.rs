@@ -217,7 +217,18 @@ pub fn exfw_detach(pins: &Path, interfaces: &[&str]) -> std::process::Output {
 /// `exfw status [--format json]` for `pins`, run in `gateway` (interface names resolve per
 /// network namespace); panics unless it succeeds.
 pub fn exfw_status(gateway: &Namespace, pins: &Path, json: bool) -> String {
-    let out = Command::new("nsenter")
+    let out = exfw_status_output(gateway, pins, json);
+    assert!(
+        out.status.success(),
+        "exfw status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `exfw status [--format json]` for `pins`, run in `gateway`: its output, whatever the outcome.
+pub fn exfw_status_output(gateway: &Namespace, pins: &Path, json: bool) -> std::process::Output {
+    Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", gateway.name()))
         .arg(exfw_binary())
         .args([
@@ -228,13 +239,7 @@ pub fn exfw_status(gateway: &Namespace, pins: &Path, json: bool) -> String {
         ])
         .arg(pins)
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "exfw status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .expect("run exfw status")
 }
 
 /// Whether a TCP connection from `outside` to the inside server 192.0.2.2 on `port` completes
@@ -313,6 +318,13 @@ impl Scratch {
         self.work.join(format!("{name}.log"))
     }
 
+    /// Starts `exfw run` with this scratch's config and pins, for a start that must end by
+    /// itself: its exit status and log.
+    pub fn start_and_exit(&self, ns: &Namespace, log: &str) -> (Option<i32>, String) {
+        Daemon::start(ns, &self.config(), &self.pins, &self.log(log))
+            .exit_and_log(Duration::from_secs(30))
+    }
+
     /// Starts `exfw run` in `ns` with this scratch's config and pins, and waits for /readyz.
     pub fn start_ready(&self, ns: &Namespace, log: &str) -> Daemon {
         let mut daemon = Daemon::start(ns, &self.config(), &self.pins, &self.log(log));
@@ -338,7 +350,8 @@ impl Drop for Scratch {
 }
 
 /// Connects from a namespace, over and over, to 192.0.2.2:443 (must connect) and :3389 (must
-/// not) until finished: proof that enforcement had no gap across a restart.
+/// not) until finished, each attempt given `timeout`: proof that enforcement had no gap across
+/// a restart.
 pub struct Prober {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<ProbeCount>,
@@ -357,7 +370,7 @@ pub struct ProbeCount {
 
 impl Prober {
     /// Starts probing from `outside` in a thread of its own.
-    pub fn start(outside: &Namespace) -> Prober {
+    pub fn start(outside: &Namespace, timeout: Duration) -> Prober {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let path = format!("/run/netns/{}", outside.name());
@@ -383,9 +396,7 @@ impl Prober {
                         .unwrap();
                         let dst: std::net::SocketAddr =
                             format!("192.0.2.2:{port}").parse().unwrap();
-                        let connected = socket
-                            .connect_timeout(&dst.into(), Duration::from_millis(300))
-                            .is_ok();
+                        let connected = socket.connect_timeout(&dst.into(), timeout).is_ok();
                         match (port, connected) {
                             (3389, true) => count.denied_connected += 1,
                             (443, false) => count.allowed_failed += 1,
@@ -405,4 +416,51 @@ impl Prober {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().expect("the prober panicked")
     }
+}
+
+/// Replaces the pinned drop-counter map under `pins` with one whose key is 12 bytes: what an
+/// older build with another `DropKey` would have left there. (Raw BPF_MAP_CREATE and
+/// BPF_OBJ_PIN: the kernel matrix's VMs have no bpftool.)
+pub fn pin_foreign_drop_map(pins: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+    let path = pins.join("maps").join(exfw_common::map_names::DROP_STATS);
+    std::fs::remove_file(&path).expect("remove the pinned drop map");
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries, ...
+    let mut attr = [0u32; 32];
+    attr[..4].copy_from_slice(&[BPF_MAP_TYPE_PERCPU_HASH, 12, 16, 64]);
+    // SAFETY: attr is a zeroed bpf_attr of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // For BPF_OBJ_PIN: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut pin = [0u64; 16];
+    pin[0] = name.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: pin is a zeroed bpf_attr of the size passed; name outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            pin.as_ptr(),
+            std::mem::size_of_val(&pin),
+        )
+    };
+    let pinned = std::io::Error::last_os_error();
+    // SAFETY: closing the descriptor created above; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN {}: {pinned}", path.display());
 }

@@ -189,7 +189,7 @@ fn daemon_lifecycle() {
     let (link_id, prog_id) = pinned_link(&pins, "out0");
 
     // kill -9: enforcement goes on, also while probing continuously across the restart.
-    let prober = Prober::start(&net.outside);
+    let prober = Prober::start(&net.outside, Duration::from_millis(300));
     daemon.kill9();
     assert!(!connects(&net.outside, 3389));
     assert!(connects(&net.outside, 443));

@@ -229,6 +229,31 @@ fn the_units_capabilities_are_enough_and_cap_perfmon_is_needed() {
         http_get(&net.gateway, METRICS, "/readyz").is_some_and(|(s, _)| s == 200)
     });
     assert!(!connects(&net.outside, 3389));
+
+    // Without CAP_DAC_OVERRIDE even root cannot read a config made unreadable: the reload
+    // fails, saying so, and the policy in force stays.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(scratch.config(), std::fs::Permissions::from_mode(0o000)).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_until("the failed reload", Duration::from_secs(10), || {
+        exfw_tests::daemon::value(&net.gateway, "exfw_config_last_reload_successful", &[]) == 0.0
+    });
+    assert!(
+        daemon.log_text().contains("cannot read the config file"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(!connects(&net.outside, 3389));
+    std::fs::set_permissions(scratch.config(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_until(
+        "the reload of the readable file",
+        Duration::from_secs(10),
+        || {
+            exfw_tests::daemon::value(&net.gateway, "exfw_config_last_reload_successful", &[])
+                == 1.0
+        },
+    );
 }
 
 #[test]

@@ -58,19 +58,6 @@ fn policy() -> Policy {
     }
 }
 
-/// Runs bpftool, which `cargo xtask test` installs; panics unless it succeeds.
-fn bpftool(args: &[&str]) {
-    let out = std::process::Command::new("bpftool")
-        .args(args)
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn connects(net: &Topology, port: u16) -> bool {
     let dst: SocketAddr = format!("192.0.2.2:{port}").parse().unwrap();
     net.outside.run(|| {
@@ -177,23 +164,7 @@ fn pinned_enforcement_outlives_the_loader_and_is_adopted() {
     drop(second);
 
     // State pinned by an older, incompatible build: its drop counters had another key.
-    let drops_pin = dir.0.join("maps").join(map_names::DROP_STATS);
-    std::fs::remove_file(&drops_pin).unwrap();
-    bpftool(&[
-        "map",
-        "create",
-        drops_pin.to_str().unwrap(),
-        "type",
-        "percpu_hash",
-        "key",
-        "12",
-        "value",
-        "16",
-        "entries",
-        "64",
-        "name",
-        "EXFW_DROPS",
-    ]);
+    exfw_tests::daemon::pin_foreign_drop_map(&dir.0);
     // A reader refuses it, saying why, rather than overrun its buffers.
     match Dataplane::open_pinned(&dir.0) {
         Err(e @ DataplaneError::IncompatiblePins { .. }) => assert!(
@@ -234,19 +205,11 @@ fn pinned_enforcement_outlives_the_loader_and_is_adopted() {
     drop(status);
     // Same sizes, another meaning: the layout stamp of another build is refused too.
     let config_pin = dir.0.join("maps").join(map_names::CONFIG);
-    let slot = exfw_common::config::PINNED_LAYOUT
-        .to_le_bytes()
-        .map(|b| b.to_string());
-    let mut update = vec![
-        "map",
-        "update",
-        "pinned",
-        config_pin.to_str().unwrap(),
-        "key",
-    ];
-    update.extend(slot.iter().map(String::as_str));
-    update.extend(["value", "231", "3", "0", "0", "0", "0", "0", "0"]);
-    bpftool(&update);
+    let mut config = aya::maps::Map::Array(aya::maps::MapData::from_pin(&config_pin).unwrap());
+    aya::maps::Array::<_, u64>::try_from(&mut config)
+        .unwrap()
+        .set(exfw_common::config::PINNED_LAYOUT, 999, 0)
+        .unwrap();
     match Dataplane::open_pinned(&dir.0) {
         Err(e @ DataplaneError::IncompatiblePins { .. }) => {
             assert!(e.to_string().contains("layout 999, this build"), "{e}")

@@ -17,7 +17,7 @@ use std::{
 
 use exfw_tests::{
     daemon::{
-        Daemon, GATEWAY_CONFIG, METRICS, Scratch, connects, exfw_detach, exfw_status, http_get,
+        GATEWAY_CONFIG, METRICS, Scratch, connects, exfw_detach, exfw_status, http_get,
         http_get_here, more_servers, value, wait_until, write_config,
     },
     netns::{Namespace, Topology},
@@ -145,13 +145,7 @@ fn reloads_never_remove_protection_by_accident() {
     daemon.signal(libc::SIGTERM);
     let (code, text) = daemon.exit_and_log(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{text}");
-    let restart = Daemon::start(
-        &net.gateway,
-        &scratch.config(),
-        &scratch.pins,
-        &scratch.log("guard-restart"),
-    );
-    let (code, text) = restart.exit_and_log(Duration::from_secs(30));
+    let (code, text) = scratch.start_and_exit(&net.gateway, "guard-restart");
     assert_eq!(code, Some(3), "{text}");
     assert!(
         text.contains("removes 3 of the 4 protected addresses"),
@@ -162,13 +156,7 @@ fn reloads_never_remove_protection_by_accident() {
     // So is a restart with the file that lost in0's accepts list: the pinned policy restricts
     // the sources arriving there.
     write_config(&scratch.config(), &cut);
-    let restart = Daemon::start(
-        &net.gateway,
-        &scratch.config(),
-        &scratch.pins,
-        &scratch.log("guard-restart-accepts"),
-    );
-    let (code, text) = restart.exit_and_log(Duration::from_secs(30));
+    let (code, text) = scratch.start_and_exit(&net.gateway, "guard-restart-accepts");
     assert_eq!(code, Some(3), "{text}");
     assert!(text.contains("drops the accepts list of in0"), "{text}");
     // With the full file it starts, adopting the pinned policy (nothing counts as removed).
@@ -511,13 +499,7 @@ fn a_start_that_cannot_succeed_changes_nothing_and_bpffs_or_logging_trouble_does
 
     // The metrics port taken: exit 1, nothing pinned, nothing attached.
     let squatter = net.gateway.run(|| TcpListener::bind(METRICS).unwrap());
-    let refused = exfw_tests::daemon::Daemon::start(
-        &net.gateway,
-        &scratch.config(),
-        &scratch.pins,
-        &scratch.log("port-taken"),
-    );
-    let (code, text) = refused.exit_and_log(Duration::from_secs(30));
+    let (code, text) = scratch.start_and_exit(&net.gateway, "port-taken");
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("cannot listen on 127.0.0.1:9720"), "{text}");
     assert!(
@@ -599,35 +581,8 @@ fn a_start_over_an_incompatible_build_replaces_its_state_without_a_gap() {
     assert_eq!(code, Some(0), "{text}");
 
     // What an older build with another drop-counter key would have pinned.
-    let drops = scratch.pins.join("maps/EXFW_DROPS");
-    std::fs::remove_file(&drops).unwrap();
-    let out = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&drops)
-        .args([
-            "type",
-            "percpu_hash",
-            "key",
-            "12",
-            "value",
-            "16",
-            "entries",
-            "64",
-            "name",
-            "EXFW_DROPS",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status = std::process::Command::new(exfw_tests::daemon::exfw_binary())
-        .args(["status", "--pin-dir"])
-        .arg(&scratch.pins)
-        .output()
-        .unwrap();
+    exfw_tests::daemon::pin_foreign_drop_map(&scratch.pins);
+    let status = exfw_tests::daemon::exfw_status_output(&net.gateway, &scratch.pins, false);
     assert!(!status.status.success());
     assert!(
         String::from_utf8_lossy(&status.stderr).contains("EXFW_DROPS: key size 12, this build 8"),
@@ -635,7 +590,26 @@ fn a_start_over_an_incompatible_build_replaces_its_state_without_a_gap() {
         String::from_utf8_lossy(&status.stderr)
     );
 
-    let prober = exfw_tests::daemon::Prober::start(&net.outside);
+    // The old policy's tables have this build's layout, so the start is held to it: a file
+    // that drops in0's accepts list is refused (exit 3), and the old state stays as it was.
+    let block = "accepts = [\"mailbox\"]\n";
+    write_config(&scratch.config(), &GATEWAY_CONFIG.replacen(block, "", 1));
+    let (code, text) = scratch.start_and_exit(&net.gateway, "refused-upgrade");
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("drops the accepts list of in0"), "{text}");
+    let status = exfw_tests::daemon::exfw_status_output(&net.gateway, &scratch.pins, false);
+    assert!(
+        String::from_utf8_lossy(&status.stderr).contains("EXFW_DROPS: key size 12"),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(!connects(&net.outside, 3389));
+
+    // Accepted. A connection attempt waits 1.5 s: a SYN that the new program records while
+    // its SYN-ACK meets the old one on the other interface (the links are updated one after
+    // the other, with separate connection tables) is retransmitted in time.
+    write_config(&scratch.config(), GATEWAY_CONFIG);
+    let prober = exfw_tests::daemon::Prober::start(&net.outside, Duration::from_millis(1500));
     let daemon = scratch.start_ready(&net.gateway, "new-build");
     let probes = prober.finish();
     assert_eq!(
@@ -643,6 +617,14 @@ fn a_start_over_an_incompatible_build_replaces_its_state_without_a_gap() {
         (0, 0),
         "enforcement had a gap across the replacement: {probes:?}"
     );
+    // The policy was in the new maps before the new program was attached: no packet met it
+    // without one.
+    let unknown = exfw_tests::daemon::metric(
+        &exfw_tests::daemon::scrape(&net.gateway),
+        "exfw_packets_total",
+        &[r#"verdict="drop""#, r#"reason="unknown_interface""#],
+    );
+    assert_eq!(unknown.unwrap_or(0.0), 0.0);
     assert!(
         daemon
             .log_text()
@@ -651,6 +633,7 @@ fn a_start_over_an_incompatible_build_replaces_its_state_without_a_gap() {
         daemon.log_text()
     );
     assert!(!scratch.pins.join("replaced-maps").exists());
+    assert!(!scratch.pins.join("staged-maps").exists());
     let status = status_text(&net.gateway, &scratch.pins);
     assert!(status.contains("out0 (driver, attached)"), "{status}");
     assert!(connects(&net.outside, 443));
