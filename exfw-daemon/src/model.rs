@@ -294,24 +294,52 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             client_row("POP3 clients (995/TCP secure POP3)"),
         ));
     }
+    // Client submission: the "Client Frontend" connector of a 2013 or later Client Access
+    // service; on 2010 the "Client <server>" receive connector of Hub Transport (a 2010 Client
+    // Access server runs no SMTP listener).
+    let (submission_to, submission_why) = if v == ExchangeVersion::V2010 {
+        (
+            Hub,
+            Provenance::new(
+                PORT_REFERENCE_2010,
+                "Hub Transport: client submission 587/TCP, \"Client <server>\" receive connector",
+            ),
+        )
+    } else {
+        (
+            client_access,
+            client_row("SMTP clients (authenticated), 587/TCP"),
+        )
+    };
     out.push(svc(
         "smtp-submission",
         tcp,
         one(587),
         &anyone,
-        client_access,
-        client_row("SMTP clients (authenticated), 587/TCP"),
+        submission_to,
+        submission_why.clone(),
     ));
     if org.smtp_client_on_25 {
+        // With a subscribed Edge, Internet mail must go through the Edge's filtering: port 25
+        // on the internal servers is then for the client networks only.
+        let from: &[Role] = if org.edge_subscribed {
+            &[Clients]
+        } else {
+            &anyone
+        };
         out.push(svc(
             "smtp-client-25",
             tcp,
             one(25),
-            &anyone,
-            client_access,
-            client_row(
-                "SMTP clients (authenticated), note: Client Frontend connector rebound to port 25",
-            ),
+            from,
+            submission_to,
+            if v == ExchangeVersion::V2010 {
+                submission_why
+            } else {
+                client_row(
+                    "SMTP clients (authenticated), note: Client Frontend connector rebound to port 25",
+                )
+            },
         ));
     }
     if let Some((rpc_ca, rpc_ab)) = org.static_rpc_ports {
@@ -504,6 +532,40 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             router,
             um("UM call router SIP over TLS 5061/TCP"),
         ));
+        // The call router hands each call to a worker process, which the gateway then
+        // reaches directly: 5065/5067 TCP, 5066/5068 mutual TLS (2010: on the UM server).
+        out.push(svc(
+            "um-worker",
+            tcp,
+            PortRange {
+                first: 5065,
+                last: 5068,
+            },
+            &sources,
+            worker,
+            um(if v == ExchangeVersion::V2010 {
+                "UM worker process 5065/5067 TCP, 5066/5068 mutual TLS (Exchange 2010 UM server)"
+            } else {
+                "UM worker process SIP 5065-5068/TCP on Mailbox"
+            }),
+        ));
+        // Calls Exchange places (Play on Phone, transfers, outbound calls): SIP to the gateway.
+        let mut callers = vec![router, worker];
+        callers.dedup();
+        for (name, port, row) in [
+            (
+                "um-gateway-sip",
+                5060,
+                "SIP 5060/TCP from Exchange to the UM IP gateway or IP-PBX",
+            ),
+            (
+                "um-gateway-sips",
+                5061,
+                "SIP over TLS 5061/TCP from Exchange to the UM IP gateway or IP-PBX",
+            ),
+        ] {
+            out.push(svc(name, tcp, one(port), &callers, UmGateway, um(row)));
+        }
         if v != ExchangeVersion::V2010 {
             out.push(svc(
                 "um-sip",
@@ -515,17 +577,6 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
                 &sources,
                 worker,
                 um("UM service SIP 5062-5063/TCP on Mailbox"),
-            ));
-            out.push(svc(
-                "um-worker",
-                tcp,
-                PortRange {
-                    first: 5065,
-                    last: 5068,
-                },
-                &sources,
-                worker,
-                um("UM worker process SIP 5065-5068/TCP on Mailbox"),
             ));
         }
         out.push(svc("rtp", udp, PortRange { first: 1024, last: 65535 }, &sources, worker, Provenance::new(FIREWALL_SUPPORT, "UM: SIP+RTP goes directly from the telephony device to the Mailbox server (RTP/SRTP on dynamic UDP ports)")));
@@ -622,6 +673,38 @@ mod tests {
             !c.iter()
                 .any(|s| s.from.contains(&Role::Edge) && s.to == Role::Dc)
         );
+    }
+
+    #[test]
+    fn client_smtp_on_25_with_an_edge_is_for_client_networks_only() {
+        for edge in [false, true] {
+            let mut o = org(ExchangeVersion::V2016, edge);
+            o.smtp_client_on_25 = true;
+            let c = catalogue(&o);
+            let on_25 = c.iter().find(|s| s.name == "smtp-client-25").unwrap();
+            assert!(on_25.from.contains(&Role::Clients));
+            // With an Edge, Internet mail must not bypass its filtering.
+            assert_eq!(on_25.from.contains(&Role::External), !edge);
+        }
+    }
+
+    #[test]
+    fn exchange_2010_submits_on_hub_and_runs_um_workers() {
+        let mut o = org(ExchangeVersion::V2010, false);
+        o.unified_messaging = true;
+        let c = catalogue(&o);
+        assert!(has(&c, "smtp-submission", Role::Hub, 587));
+        assert!(!c.iter().any(|s| s.to == Role::Cas && s.ports.contains(587)));
+        assert!(has(&c, "um-worker", Role::Um, 5065));
+        assert!(has(&c, "um-worker", Role::Um, 5068));
+        assert!(has(&c, "um-gateway-sip", Role::UmGateway, 5060));
+        assert!(has(&c, "um-gateway-sips", Role::UmGateway, 5061));
+        // 2016: the Mailbox server calls the gateway.
+        let mut o = org(ExchangeVersion::V2016, false);
+        o.unified_messaging = true;
+        let c = catalogue(&o);
+        let sip = c.iter().find(|s| s.name == "um-gateway-sip").unwrap();
+        assert_eq!(sip.from, vec![Role::Mailbox]);
     }
 
     #[test]
