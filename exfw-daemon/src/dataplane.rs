@@ -321,12 +321,7 @@ pub fn remove_pinned(dir: &Path) -> Result<Vec<String>, DataplaneError> {
         REPLACED_MAPS,
         STAGED_MAPS,
     ] {
-        let sub = dir.join(sub);
-        for entry in std::fs::read_dir(&sub).into_iter().flatten().flatten() {
-            std::fs::remove_file(entry.path())
-                .map_err(pin_err(format!("removing {}", entry.path().display())))?;
-        }
-        let _ = std::fs::remove_dir(&sub);
+        remove_pin_dir(dir, sub)?;
     }
     drop(pins);
     std::fs::remove_dir(dir).map_err(pin_err(format!("removing {}", dir.display())))?;
@@ -885,23 +880,14 @@ fn pinned_map_differences(dir: &Path) -> Result<Vec<(&'static str, String)>, Dat
             }
         }
     }
-    if differences.is_empty() {
-        let path = dir.join("maps").join(map_names::CONFIG);
-        if path.exists() {
-            let data =
-                MapData::from_pin(&path).map_err(map_err(format!("opening {}", path.display())))?;
-            let map = aya::maps::Map::Array(data);
-            let stamp = Array::<_, u64>::try_from(&map)
-                .map_err(map_err("config map"))?
-                .get(&config::PINNED_LAYOUT, 0)
-                .map_err(map_err("reading the pinned layout"))?;
-            // 0: pinned by a build before the stamp, whose sizes were checked above.
-            if stamp != 0 && stamp != exfw_common::PINNED_LAYOUT {
-                differences.push((
-                    "layout",
-                    format!("layout {stamp}, this build {}", exfw_common::PINNED_LAYOUT),
-                ));
-            }
+    if differences.is_empty() && dir.join("maps").join(map_names::CONFIG).exists() {
+        let stamp = pinned_config_slot(dir, config::PINNED_LAYOUT)?;
+        // 0: pinned by a build before the stamp, whose sizes were checked above.
+        if stamp != 0 && stamp != exfw_common::PINNED_LAYOUT {
+            differences.push((
+                "layout",
+                format!("layout {stamp}, this build {}", exfw_common::PINNED_LAYOUT),
+            ));
         }
     }
     Ok(differences)
@@ -914,8 +900,8 @@ const REPLACED_MAPS: &str = "replaced-maps";
 /// accepted and they take the place of `maps`.
 const STAGED_MAPS: &str = "staged-maps";
 
-/// Removes the pinned maps in `dir/sub` and the directory (leftovers of an earlier start).
-fn remove_map_dir(dir: &Path, sub: &str) -> Result<(), DataplaneError> {
+/// Removes the pins in `dir/sub` and the directory, if it exists.
+fn remove_pin_dir(dir: &Path, sub: &str) -> Result<(), DataplaneError> {
     let path = dir.join(sub);
     if !path.exists() {
         return Ok(());
@@ -994,6 +980,17 @@ fn protection_from(
     Ok(protection)
 }
 
+/// Slot `slot` of the config array pinned under `dir`.
+fn pinned_config_slot(dir: &Path, slot: u32) -> Result<u64, DataplaneError> {
+    let path = dir.join("maps").join(map_names::CONFIG);
+    let data = MapData::from_pin(&path).map_err(map_err(format!("opening {}", path.display())))?;
+    let map = aya::maps::Map::Array(data);
+    Array::<_, u64>::try_from(&map)
+        .map_err(map_err("config map"))?
+        .get(&slot, 0)
+        .map_err(map_err("reading the pinned config map"))
+}
+
 /// What the policy in the maps pinned under `dir` protects, read through this build's
 /// definitions: only when the tables it reads have this build's layout (`None` before any
 /// policy).
@@ -1002,11 +999,7 @@ fn pinned_protection(dir: &Path) -> Result<Option<Protection>, DataplaneError> {
         let path = dir.join("maps").join(name);
         MapData::from_pin(&path).map_err(map_err(format!("opening {}", path.display())))
     };
-    let config = aya::maps::Map::Array(open(map_names::CONFIG)?);
-    let generation = Array::<_, u64>::try_from(&config)
-        .map_err(map_err("config map"))?
-        .get(&config::GENERATION, 0)
-        .map_err(map_err("reading the pinned generation"))? as u32;
+    let generation = pinned_config_slot(dir, config::GENERATION)? as u32;
     if generation == 0 {
         return Ok(None);
     }
@@ -1017,6 +1010,17 @@ fn pinned_protection(dir: &Path) -> Result<Option<Protection>, DataplaneError> {
         &aya::maps::Map::HashMap(open(map_names::IFACES)?),
     )
     .map(Some)
+}
+
+/// What [`Dataplane::stable_ids`] handed out.
+#[derive(Default)]
+struct StableIds {
+    /// Each wanted identity's id.
+    of: BTreeMap<u64, u32>,
+    /// Ids handed to an identity new to them (their counters must start from zero).
+    fresh: BTreeSet<u32>,
+    /// The table held no id before (state pinned by a build without it).
+    was_empty: bool,
 }
 
 /// A replacement of an incompatible build's maps under way: this build's are staged beside
@@ -1106,7 +1110,7 @@ impl Dataplane {
                 }
             } else {
                 // Maps an interrupted replacement staged are of no use.
-                remove_map_dir(&p.dir, STAGED_MAPS)?;
+                remove_pin_dir(&p.dir, STAGED_MAPS)?;
                 if !differences.is_empty() {
                     let policy_tables = [
                         "layout",
@@ -1195,7 +1199,7 @@ impl Dataplane {
         let (Some(_), Some(p)) = (&self.replacement, &self.pins) else {
             return Ok(());
         };
-        remove_map_dir(&p.dir, REPLACED_MAPS)?;
+        remove_pin_dir(&p.dir, REPLACED_MAPS)?;
         let rename = |from: &str, to: &str| {
             let (from, to) = (p.dir.join(from), p.dir.join(to));
             std::fs::rename(&from, &to).map_err(pin_err(format!(
@@ -1216,7 +1220,7 @@ impl Dataplane {
     /// read them.
     pub fn discard_replaced_maps(&mut self) -> Result<(), DataplaneError> {
         match &self.pins {
-            Some(p) => remove_map_dir(&p.dir, REPLACED_MAPS),
+            Some(p) => remove_pin_dir(&p.dir, REPLACED_MAPS),
             None => Ok(()),
         }
     }
@@ -1361,9 +1365,66 @@ impl Dataplane {
             .map_or_else(Vec::new, |p| pinned_links(&p.dir))
     }
 
-    /// Renumbers `compiled`'s rules to stable counter slots: an identity keeps the slot it had
-    /// (recorded in the pinned `EXFW_RULE_IDS`), a new one gets a free slot whose counters are
-    /// zeroed first, and identities absent from the policy are forgotten when slots run out.
+    /// Stable ids for the `wanted` identity hashes (each with the id it would prefer), kept in
+    /// the pinned hash map `name` so counters keyed by id keep their meaning across reloads and
+    /// restarts: a known identity keeps its id; a new one gets its preferred id when that is
+    /// free, else the lowest free id in `range`. Identities not wanted are forgotten only when
+    /// the range is full; recorded ids outside `range` are ignored (and overwritten).
+    fn stable_ids(
+        &mut self,
+        name: &'static str,
+        wanted: &[(u64, Option<u32>)],
+        range: std::ops::Range<u32>,
+        full: impl Fn() -> PolicyError,
+    ) -> Result<StableIds, DataplaneError> {
+        let wanted_set: BTreeSet<u64> = wanted.iter().map(|(h, _)| *h).collect();
+        let mut ids = self.hash_map::<u64, u32>(name)?;
+        let mut known: BTreeMap<u64, u32> = BTreeMap::new();
+        for item in ids.iter() {
+            let (hash, id) = item.map_err(map_err(format!("reading {name}")))?;
+            if range.contains(&id) {
+                known.insert(hash, id);
+            }
+        }
+        let mut out = StableIds {
+            was_empty: known.is_empty(),
+            ..StableIds::default()
+        };
+        let mut used: BTreeSet<u32> = known.values().copied().collect();
+        for (hash, preferred) in wanted {
+            if let Some(id) = known.get(hash).or(out.of.get(hash)).copied() {
+                out.of.insert(*hash, id);
+                continue;
+            }
+            if used.len() >= range.len() {
+                // Forget identities the policy no longer has, to free their ids. (The running
+                // generation may still count under one until the flip: at most one reload's
+                // worth goes to the identity that takes the id.)
+                for (old, id) in known.iter().filter(|(h, _)| !wanted_set.contains(h)) {
+                    ids.remove(old)
+                        .map_err(map_err(format!("forgetting an id in {name}")))?;
+                    used.remove(id);
+                }
+                known.retain(|h, _| wanted_set.contains(h));
+            }
+            let id = match preferred {
+                Some(p) if range.contains(p) && !used.contains(p) => *p,
+                _ => range
+                    .clone()
+                    .find(|id| !used.contains(id))
+                    .ok_or_else(|| DataplaneError::Policy(full()))?,
+            };
+            ids.insert(hash, id, 0)
+                .map_err(map_err(format!("recording an id in {name}")))?;
+            used.insert(id);
+            out.of.insert(*hash, id);
+            out.fresh.insert(id);
+        }
+        Ok(out)
+    }
+
+    /// Renumbers `compiled`'s rules to stable counter slots ([`Dataplane::stable_ids`] in the
+    /// pinned `EXFW_RULE_IDS`); a slot handed to a new identity has its counters zeroed first.
     pub fn assign_rule_slots(&mut self, compiled: &mut Compiled) -> Result<(), DataplaneError> {
         let identities: Vec<(u64, u32)> = compiled
             .policy
@@ -1371,42 +1432,14 @@ impl Dataplane {
             .iter()
             .map(|r| (fnv1a(compiled.rule_identity(r).as_bytes()), r.id))
             .collect();
-        let wanted: BTreeSet<u64> = identities.iter().map(|(h, _)| *h).collect();
-        let mut ids = self.hash_map::<u64, u32>(map_names::RULE_IDS)?;
-        let mut known: BTreeMap<u64, u32> = BTreeMap::new();
-        for item in ids.iter() {
-            let (hash, slot) = item.map_err(map_err("reading rule ids"))?;
-            known.insert(hash, slot);
-        }
-        let mut used: BTreeSet<u32> = known.values().copied().collect();
-        let mut fresh = Vec::new();
-        let mut slot_of = BTreeMap::new();
-        for (hash, _) in &identities {
-            if let Some(slot) = known.get(hash) {
-                slot_of.insert(*hash, *slot);
-                continue;
+        let wanted: Vec<(u64, Option<u32>)> = identities.iter().map(|(h, _)| (*h, None)).collect();
+        let slots = self.stable_ids(map_names::RULE_IDS, &wanted, 0..limits::MAX_RULES, || {
+            PolicyError::RuleIdOutOfRange {
+                service: "(all)".into(),
+                id: limits::MAX_RULES,
+                limit: limits::MAX_RULES,
             }
-            if used.len() as u32 >= limits::MAX_RULES {
-                // Forget identities the policy no longer has, to free their slots.
-                for (old, slot) in known.iter().filter(|(h, _)| !wanted.contains(h)) {
-                    ids.remove(old).map_err(map_err("forgetting a rule id"))?;
-                    used.remove(slot);
-                }
-                known.retain(|h, _| wanted.contains(h));
-            }
-            let slot = (0..limits::MAX_RULES).find(|s| !used.contains(s)).ok_or(
-                DataplaneError::Policy(PolicyError::RuleIdOutOfRange {
-                    service: "(all)".into(),
-                    id: limits::MAX_RULES,
-                    limit: limits::MAX_RULES,
-                }),
-            )?;
-            ids.insert(hash, slot, 0)
-                .map_err(map_err("recording a rule id"))?;
-            used.insert(slot);
-            slot_of.insert(*hash, slot);
-            fresh.push(slot);
-        }
+        })?;
         // A slot handed to a new identity starts from zero.
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| pin_err("counting CPUs")(e))?;
         let map = self
@@ -1415,85 +1448,55 @@ impl Dataplane {
             .ok_or(DataplaneError::Missing("rule counters"))?;
         let mut stats =
             PerCpuArray::<_, RuleStats>::try_from(map).map_err(map_err("rule counters"))?;
-        for slot in fresh {
+        for slot in &slots.fresh {
             let zeros = aya::maps::PerCpuValues::try_from(vec![RuleStats::default(); cpus])
                 .map_err(pin_err("zeroing a new rule's counters"))?;
             stats
-                .set(slot, zeros, 0)
+                .set(*slot, zeros, 0)
                 .map_err(map_err("zeroing a new rule's counters"))?;
         }
         let hashes: BTreeMap<u32, u64> = identities.iter().map(|(h, id)| (*id, *h)).collect();
-        compiled.renumber(|rule| slot_of[&hashes[&rule.id]]);
+        compiled.renumber(|rule| slots.of[&hashes[&rule.id]]);
         Ok(())
     }
 
     /// Renumbers `compiled`'s classes to stable ids, so a per-role drop counter (keyed by the
-    /// destination class id) keeps its meaning whatever classes a reload adds or removes: a
-    /// class name keeps the id it had (recorded in the pinned `EXFW_CLASS_IDS`); a new one gets
-    /// its compiled id when that is free, else the lowest free id, and counters left under that
-    /// id are removed first. Names absent from the policy are forgotten only when ids run out.
+    /// destination class id) keeps its meaning whatever classes a reload adds or removes: ids
+    /// per class name ([`Dataplane::stable_ids`] in the pinned `EXFW_CLASS_IDS`), a new name
+    /// preferring its compiled id; counters left under an id a new name takes are removed
+    /// first.
     pub fn assign_class_ids(&mut self, compiled: &mut Compiled) -> Result<(), DataplaneError> {
-        // Ids 1..MAX_CLASSES: 0 is external.
-        const ROOM: usize = limits::MAX_CLASSES as usize - 1;
         let names: Vec<(u16, u64)> = compiled
             .policy
             .classes
             .iter()
             .map(|c| (c.id, fnv1a(c.name.as_bytes())))
             .collect();
-        let wanted: BTreeSet<u64> = names.iter().map(|(_, h)| *h).collect();
+        let wanted: Vec<(u64, Option<u32>)> = names
+            .iter()
+            .map(|(id, h)| (*h, Some(u32::from(*id))))
+            .collect();
         let generation = self.generation;
-        let mut ids = self.hash_map::<u64, u32>(map_names::CLASS_IDS)?;
-        let mut known: BTreeMap<u64, u16> = BTreeMap::new();
-        for item in ids.iter() {
-            let (hash, id) = item.map_err(map_err("reading class ids"))?;
-            // An id out of range (written by something else) is ignored and overwritten.
-            if let Ok(id @ 1..) = u16::try_from(id) {
-                known.insert(hash, id);
+        // Ids 1..MAX_CLASSES: 0 is external.
+        let range = 1..limits::MAX_CLASSES;
+        let room = range.len();
+        let ids = self.stable_ids(map_names::CLASS_IDS, &wanted, range, || {
+            PolicyError::TableFull {
+                table: "class ids",
+                used: names.len(),
+                room,
             }
-        }
+        })?;
         // Pinned by a build that numbered classes in compile order, without this table: the
         // same config gives the same ids, so the counters are adopted, not cleared.
-        let adopting = known.is_empty() && generation != 0;
-        let mut used: BTreeSet<u16> = known.values().copied().collect();
-        let mut new_id = BTreeMap::new();
-        let mut fresh = BTreeSet::new();
-        for (compiled_id, hash) in &names {
-            if let Some(id) = known.get(hash) {
-                new_id.insert(*compiled_id, *id);
-                continue;
-            }
-            if used.len() >= ROOM {
-                // Forget names the policy no longer has, to free their ids. (The running
-                // generation may still count drops under one until the flip: at most the
-                // drops of one reload's duration go to the class that takes the id.)
-                for (old, id) in known.iter().filter(|(h, _)| !wanted.contains(h)) {
-                    ids.remove(old).map_err(map_err("forgetting a class id"))?;
-                    used.remove(id);
-                }
-                known.retain(|h, _| wanted.contains(h));
-            }
-            let id = if *compiled_id != CLASS_EXTERNAL && !used.contains(compiled_id) {
-                *compiled_id
-            } else {
-                (1..limits::MAX_CLASSES as u16)
-                    .find(|id| !used.contains(id))
-                    .ok_or(DataplaneError::Policy(PolicyError::TableFull {
-                        table: "class ids",
-                        used: names.len(),
-                        room: ROOM,
-                    }))?
-            };
-            ids.insert(hash, u32::from(id), 0)
-                .map_err(map_err("recording a class id"))?;
-            used.insert(id);
-            new_id.insert(*compiled_id, id);
-            fresh.insert(id);
+        let adopting = ids.was_empty && generation != 0;
+        if !ids.fresh.is_empty() && !adopting {
+            self.remove_drop_counters(|class| ids.fresh.contains(&u32::from(class)))?;
         }
-        // A class new to this id starts its drop counters from zero.
-        if !fresh.is_empty() && !adopting {
-            self.remove_drop_counters(|class| fresh.contains(&class))?;
-        }
+        let new_id: BTreeMap<u16, u16> = names
+            .iter()
+            .map(|(id, h)| (*id, ids.of[h] as u16))
+            .collect();
         compiled.renumber_classes(&new_id);
         Ok(())
     }
