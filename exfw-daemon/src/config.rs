@@ -111,6 +111,31 @@ impl ExchangeVersion {
     }
 }
 
+/// What the domain controllers behind the gateway serve beyond Exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum DcAccess {
+    /// Exchange and Lync/Skype, plus the Active Directory client services (logon, Group
+    /// Policy, name resolution, time) from the client networks and management hosts.
+    #[default]
+    Clients,
+    /// Exchange and Lync/Skype only: the gateway carries no client logons.
+    ExchangeOnly,
+    /// Not filtered: traffic to the domain controllers is judged only when its source is
+    /// protected (so the Edge stays out); another firewall guards them.
+    Unfiltered,
+}
+
+impl DcAccess {
+    /// The spelling used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            DcAccess::Clients => "clients",
+            DcAccess::ExchangeOnly => "exchange-only",
+            DcAccess::Unfiltered => "unfiltered",
+        }
+    }
+}
+
 // ---- The file as written -------------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -167,6 +192,7 @@ struct RawOrganization {
     unified_messaging: Option<Spanned<bool>>,
     #[serde(default = "yes")]
     icmp_echo: bool,
+    domain_controller_access: Option<Spanned<String>>,
 }
 
 fn yes() -> bool {
@@ -287,6 +313,8 @@ pub struct Organization {
     pub unified_messaging: bool,
     /// ICMP echo to Exchange servers from clients and management hosts.
     pub icmp_echo: bool,
+    /// What the domain controllers serve beyond Exchange.
+    pub domain_controller_access: DcAccess,
 }
 
 /// An Exchange server.
@@ -946,6 +974,16 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
         &lync_servers,
         &protected_networks,
     );
+    check_unprotected_sources(
+        c,
+        &raw,
+        &interfaces,
+        &[
+            (!dns_servers.is_empty(), Role::Dns),
+            (!um_gateways.is_empty(), Role::UmGateway),
+            (!client_networks.is_empty(), Role::Clients),
+        ],
+    );
     // A config that protects nothing or names no link is most likely cut short (a partial copy,
     // an editor's half-saved file): refusing it keeps the policy in force.
     let end = c.text.trim_end().len();
@@ -1197,6 +1235,49 @@ fn check_source_validation(
     }
 }
 
+/// Warns about groups the rules serve that no interface accepts as a source: their traffic
+/// would all drop as spoofed (valid, since the group may simply not be behind this gateway).
+fn check_unprotected_sources(
+    c: &mut Checker,
+    raw: &RawConfig,
+    interfaces: &[Interface],
+    groups: &[(bool, Role)],
+) {
+    if interfaces.is_empty() {
+        return;
+    }
+    let missing: Vec<&str> = groups
+        .iter()
+        .filter(|(present, role)| {
+            *present
+                && interfaces.iter().all(|i| {
+                    i.accepts
+                        .as_ref()
+                        .is_some_and(|list| !list.contains(role))
+                })
+        })
+        .map(|(_, role)| role.name())
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let anchor = raw.interfaces[0]
+        .accepts
+        .as_ref()
+        .map_or(raw.interfaces[0].name.span(), |a| a.span());
+    c.warn(
+        anchor,
+        format!(
+            "no interface accepts {} as a source, so whatever they send drops as spoofed_source: add the group to the accepts list of the interface it sits behind",
+            missing
+                .iter()
+                .map(|m| format!("\"{m}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+}
+
 /// Reports protected networks that overlap each other.
 fn report_overlapping_networks(c: &mut Checker, raw: &[RawHost]) {
     let mut seen: Vec<(IpNet, String)> = Vec::new();
@@ -1272,6 +1353,38 @@ fn validate_organization(c: &mut Checker, raw: &RawConfig) -> Organization {
             format!("Exchange {} has no Unified Messaging (removed in 2019): set unified_messaging = false", exchange.name()),
         );
     }
+    let domain_controller_access = match &o.domain_controller_access {
+        None => DcAccess::default(),
+        Some(value) => {
+            let access = [
+                DcAccess::Clients,
+                DcAccess::ExchangeOnly,
+                DcAccess::Unfiltered,
+            ]
+            .into_iter()
+            .find(|a| a.name() == value.get_ref().as_str());
+            match access {
+                Some(DcAccess::Unfiltered) => {
+                    c.warn(
+                        value.span(),
+                        "domain controllers are not filtered: whatever this gateway routes to them passes unless it comes from the Edge or another protected host; use \"clients\" unless another firewall guards them",
+                    );
+                    DcAccess::Unfiltered
+                }
+                Some(access) => access,
+                None => {
+                    c.error(
+                        value.span(),
+                        format!(
+                            "domain_controller_access `{}` is not known: use \"clients\" (Active Directory client services from the client networks), \"exchange-only\" or \"unfiltered\"",
+                            value.get_ref()
+                        ),
+                    );
+                    DcAccess::default()
+                }
+            }
+        }
+    };
     Organization {
         exchange,
         edge_subscribed: o.edge_subscribed.as_ref().is_some_and(|f| *f.get_ref()),
@@ -1283,6 +1396,7 @@ fn validate_organization(c: &mut Checker, raw: &RawConfig) -> Organization {
         static_rpc_ports,
         unified_messaging,
         icmp_echo: o.icmp_echo,
+        domain_controller_access,
     }
 }
 

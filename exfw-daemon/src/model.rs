@@ -1,13 +1,14 @@
 //! The Exchange role model: roles, which are trusted, and the port catalogue per version and
 //! option, each entry carrying the document and table row that justify it.
 //!
-//! Ground truth: shared/seeds (Microsoft's port tables and support statements), summarised in
-//! shared/reference/exchange-role-model.md.
+//! Ground truth: Microsoft's port tables and support statements (`source`), read row by row in
+//! docs/exchange-model.md, which also gives the reason for every choice exfw makes where they
+//! are silent.
 
 use exfw_common::proto;
 
 use crate::{
-    config::{ExchangeVersion, Organization},
+    config::{DcAccess, ExchangeVersion, Organization},
     policy::PortRange,
 };
 
@@ -115,7 +116,7 @@ impl Role {
         }
     }
 
-    /// Trusted roles pass to each other on every port and protocol (seeds 001, 002).
+    /// Trusted roles pass to each other on every port and protocol (Microsoft's ground rules).
     pub fn trusted(self) -> bool {
         matches!(
             self,
@@ -134,40 +135,112 @@ impl Role {
     }
 }
 
-/// The documents the catalogue cites.
+/// A document the catalogue cites: its title as published and its public address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Document {
+    /// Publisher and title.
+    pub title: &'static str,
+    /// Where to read it.
+    pub url: &'static str,
+}
+
+/// The documents the catalogue cites (docs/exchange-model.md lists every row taken from each).
 pub mod source {
-    /// Seed 002.
-    pub const PORTS_2013: &str =
-        "seed 002, Microsoft: Network ports for clients and mail flow in Exchange 2013";
-    /// Seed 001.
-    pub const FIREWALL_SUPPORT: &str =
-        "seed 001, Exchange product group: Exchange, Firewalls, and Support (2013)";
-    /// Seed 003.
-    pub const PORTS_2016: &str = "seed 003, Network ports for Exchange 2016 and 2019";
-    /// Not among the seeds; summarised in shared/reference/exchange-role-model.md.
-    pub const PORT_REFERENCE_2010: &str =
-        "Microsoft: Exchange Network Port Reference (2010), per reference/exchange-role-model.md";
-    /// Not among the seeds; summarised in shared/reference/exchange-role-model.md.
-    pub const UM_PORTS: &str =
-        "Microsoft: UM protocols, ports, and services, per reference/exchange-role-model.md";
-    /// Where the sources are silent.
-    pub const EXFW: &str = "exfw's choice, reference/exchange-role-model.md \"Our choices where the sources are silent\"";
+    use super::Document;
+
+    /// The port tables for Exchange 2013.
+    pub const PORTS_2013: Document = Document {
+        title: "Microsoft, \"Network ports for clients and mail flow in Exchange 2013\"",
+        url: "https://learn.microsoft.com/en-us/exchange/network-ports-for-clients-and-mail-flow-in-exchange-2013-exchange-2013-help",
+    };
+    /// The port tables for Exchange 2016, 2019 and Subscription Edition.
+    pub const PORTS_2016: Document = Document {
+        title: "Microsoft, \"Network ports for clients and mail flow in Exchange\" (Exchange 2016 and later)",
+        url: "https://learn.microsoft.com/en-us/exchange/plan-and-deploy/deployment-ref/network-ports",
+    };
+    /// The product group's support statement on firewalls between Exchange servers.
+    pub const FIREWALL_SUPPORT: Document = Document {
+        title: "Exchange Team Blog, \"Exchange, Firewalls, and Support... Oh, my!\" (18 February 2013)",
+        url: "https://techcommunity.microsoft.com/t5/exchange-team-blog/exchange-firewalls-and-support-8230-oh-my/ba-p/595710",
+    };
+    /// The data paths of Exchange 2010.
+    pub const PORT_REFERENCE_2010: Document = Document {
+        title: "Microsoft, \"Exchange Network Port Reference\" (Exchange 2010)",
+        url: "https://learn.microsoft.com/en-us/previous-versions/office/exchange-server-2010/bb331973(v=exchg.141)",
+    };
+    /// Unified Messaging ports of Exchange 2010.
+    pub const UM_PORTS_2010: Document = Document {
+        title: "Microsoft, \"Understanding Protocols, Ports, and Services in Unified Messaging\" (Exchange 2010)",
+        url: "https://learn.microsoft.com/en-us/previous-versions/office/exchange-server-2010/aa998265(v=exchg.141)",
+    };
+    /// Unified Messaging ports of Exchange 2013 and 2016.
+    pub const UM_PORTS: Document = Document {
+        title: "Microsoft, \"UM protocols, ports, and services\" (Exchange 2013, 2016)",
+        url: "https://learn.microsoft.com/en-us/exchange/um-protocols-ports-and-services-exchange-2013-help",
+    };
+    /// Exchange's side of the VoIP gateway.
+    pub const UM_GATEWAY: Document = Document {
+        title: "Microsoft, \"Connect UM to a supported VoIP gateway\" (Exchange 2013, 2016)",
+        url: "https://learn.microsoft.com/en-us/exchange/connect-um-to-a-supported-voip-gateway-exchange-2013-help",
+    };
+    /// The ports of Windows services, domain controllers' among them.
+    pub const WINDOWS_PORTS: Document = Document {
+        title: "Microsoft, \"Service overview and network port requirements for Windows\"",
+        url: "https://learn.microsoft.com/en-us/troubleshoot/windows-server/networking/service-overview-and-network-port-requirements",
+    };
+    /// What clients need of a domain controller through a firewall.
+    pub const AD_FIREWALL: Document = Document {
+        title: "Microsoft, \"How to configure a firewall for Active Directory domains and trusts\"",
+        url: "https://learn.microsoft.com/en-us/troubleshoot/windows-server/active-directory/config-firewall-for-ad-domains-and-trusts",
+    };
+    /// exfw's own choices where Microsoft is silent, each with its reason.
+    pub const EXFW: Document = Document {
+        title: "exfw, \"The Exchange model\" (docs/exchange-model.md)",
+        url: "file:///usr/share/doc/exfw/exchange-model.md",
+    };
+
+    /// Every document, in the order docs/exchange-model.md lists them.
+    pub const ALL: [Document; 10] = [
+        PORTS_2013,
+        PORTS_2016,
+        FIREWALL_SUPPORT,
+        PORT_REFERENCE_2010,
+        UM_PORTS_2010,
+        UM_PORTS,
+        UM_GATEWAY,
+        WINDOWS_PORTS,
+        AD_FIREWALL,
+        EXFW,
+    ];
 }
 
 /// Why a catalogue entry exists: a document and the table row or passage in it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Provenance {
-    /// The document.
+    /// The document (publisher and title), or "config" for an `[[allow]]` entry.
     pub document: String,
+    /// Where the document is published (empty for the config).
+    pub url: String,
     /// The table row or passage.
     pub row: String,
 }
 
 impl Provenance {
-    fn new(document: &str, row: &str) -> Self {
+    /// A row of one of the documents the catalogue cites.
+    pub fn cite(document: Document, row: &str) -> Self {
         Provenance {
-            document: document.to_string(),
+            document: document.title.to_string(),
+            url: document.url.to_string(),
             row: row.to_string(),
+        }
+    }
+
+    /// An entry of the operator's config.
+    pub fn config(row: String) -> Self {
+        Provenance {
+            document: "config".into(),
+            url: String::new(),
+            row,
         }
     }
 }
@@ -233,14 +306,16 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
     } else {
         Mailbox
     };
-    let clients_doc = if v.client_access_on_mailbox() {
-        format!("{PORTS_2013}; {PORTS_2016}")
+    // Microsoft's port page for this version (2010 has none for clients and mail flow: its
+    // client ports are the 2013 table's, docs/exchange-model.md).
+    let ports_doc = if v.client_access_on_mailbox() {
+        PORTS_2016
     } else {
-        PORTS_2013.to_string()
+        PORTS_2013
     };
     let client_row = |row: &str| {
-        Provenance::new(
-            &clients_doc,
+        Provenance::cite(
+            ports_doc,
             &format!("table \"Network ports required for clients and services\", row \"{row}\""),
         )
     };
@@ -252,11 +327,11 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
         &anyone,
         client_access,
         client_row(
-            "Encrypted web connections: Autodiscover, EAS, EWS, OAB, Outlook Anywhere, MAPI over HTTP, Outlook Web App",
+            "Encrypted web connections: Autodiscover, Exchange ActiveSync, Exchange Web Services, offline address book distribution, Outlook Anywhere, Outlook MAPI over HTTP, Outlook on the web (443/TCP)",
         ),
     )];
     if org.http {
-        out.push(svc("http", tcp, one(80), &anyone, client_access, client_row("Unencrypted web connections: Internet calendar publishing, OWA redirect, Autodiscover fallback")));
+        out.push(svc("http", tcp, one(80), &anyone, client_access, client_row("Unencrypted web connections: Internet calendar publishing, Outlook on the web (redirect to 443/TCP), Autodiscover (fallback when 443/TCP isn't available) (80/TCP)")));
     }
     if org.imap4 {
         out.push(svc(
@@ -265,7 +340,7 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             one(143),
             &anyone,
             client_access,
-            client_row("IMAP4 clients (143/TCP)"),
+            client_row("IMAP4 clients (143/TCP IMAP)"),
         ));
         out.push(svc(
             "imap4s",
@@ -283,7 +358,7 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             one(110),
             &anyone,
             client_access,
-            client_row("POP3 clients (110/TCP)"),
+            client_row("POP3 clients (110/TCP POP3)"),
         ));
         out.push(svc(
             "pop3s",
@@ -300,15 +375,17 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
     let (submission_to, submission_why) = if v == ExchangeVersion::V2010 {
         (
             Hub,
-            Provenance::new(
+            Provenance::cite(
                 PORT_REFERENCE_2010,
-                "Hub Transport: client submission 587/TCP, \"Client <server>\" receive connector",
+                "table \"Transport server data paths\": SMTP clients submitting to the Hub Transport server, 587/TCP (its \"Client <server>\" receive connector)",
             ),
         )
     } else {
         (
             client_access,
-            client_row("SMTP clients (authenticated), 587/TCP"),
+            client_row(
+                "SMTP clients (authenticated): the \"Client Frontend <server>\" receive connector, 587/TCP",
+            ),
         )
     };
     out.push(svc(
@@ -317,7 +394,7 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
         one(587),
         &anyone,
         submission_to,
-        submission_why.clone(),
+        submission_why,
     ));
     if org.smtp_client_on_25 {
         // With a subscribed Edge, Internet mail must go through the Edge's filtering: port 25
@@ -333,21 +410,18 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             one(25),
             from,
             submission_to,
-            if v == ExchangeVersion::V2010 {
-                submission_why
-            } else {
-                client_row(
-                    "SMTP clients (authenticated), note: Client Frontend connector rebound to port 25",
-                )
-            },
+            Provenance::cite(
+                EXFW,
+                "section \"Client submission on port 25\": the SMTP clients (authenticated) row with the client connector bound to 25; from the client networks only when an Edge is subscribed",
+            ),
         ));
     }
     if let Some((rpc_ca, rpc_ab)) = org.static_rpc_ports {
         let mapi = |what: &str| {
-            Provenance::new(
+            Provenance::cite(
                 FIREWALL_SUPPORT,
                 &format!(
-                    "\"I don't trust my clients\": {what}, Outlook MAPI/RPC clients of Exchange 2010"
+                    "Exchange 2010 Outlook clients in MAPI/RPC mode with static ports: \"{what}\""
                 ),
             )
         };
@@ -366,7 +440,7 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
                 one(rpc_ca),
                 &[Clients],
                 to,
-                mapi("static TCP port of the RPC Client Access service (on CAS and Mailbox)"),
+                mapi("TCP <your choice #2> for the RPC Client Access service"),
             ));
         }
         out.push(svc(
@@ -375,26 +449,31 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             one(rpc_ab),
             &[Clients],
             Cas,
-            mapi("static TCP port of the Address Book service"),
+            mapi("TCP <your choice #1> for the Address Book service"),
         ));
     }
     let edge_row = |row: &str| {
-        Provenance::new(
-            PORTS_2013,
+        Provenance::cite(
+            ports_doc,
             &format!(
                 "table \"Network ports required for mail flow with Edge Transport servers\", row \"{row}\""
             ),
         )
     };
     let no_edge_row = |row: &str| {
-        Provenance::new(
-            PORTS_2013,
+        Provenance::cite(
+            ports_doc,
             &format!(
                 "table \"Network ports required for mail flow (no Edge Transport servers)\", row \"{row}\""
             ),
         )
     };
-    let hub_row = |row: &str| Provenance::new(PORT_REFERENCE_2010, row);
+    let hub_row = |row: &str| {
+        Provenance::cite(
+            PORT_REFERENCE_2010,
+            &format!("table \"Transport server data paths\", row \"{row}\""),
+        )
+    };
     if org.edge_subscribed {
         out.push(svc(
             "smtp-inbound",
@@ -411,7 +490,7 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             &[Edge],
             transport,
             if transport == Hub {
-                hub_row("Edge -> Hub Transport 25/TCP")
+                hub_row("Edge Transport server to Hub Transport server")
             } else {
                 edge_row("Inbound mail - Edge Transport server to internal Exchange organization")
             },
@@ -423,7 +502,7 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             &[transport],
             Edge,
             if transport == Hub {
-                hub_row("Hub Transport -> Edge 25/TCP")
+                hub_row("Hub Transport server to Edge Transport server")
             } else {
                 edge_row("Outbound mail - Internal Exchange organization to Edge Transport server")
             },
@@ -443,12 +522,12 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             &[transport],
             Edge,
             if transport == Hub {
-                hub_row("EdgeSync Hub Transport -> Edge 50636/TCP (one way)")
+                hub_row("Microsoft Exchange EdgeSync service from Hub Transport server to Edge Transport server")
             } else {
-                edge_row("EdgeSync synchronization, 50636/TCP secure LDAP")
+                edge_row("EdgeSync synchronization")
             },
         ));
-        let dns = edge_row("DNS for name resolution of the next mail hop");
+        let dns = edge_row("DNS for name resolution of the next mail hop (not pictured)");
         out.push(svc("dns", udp, one(53), &[Edge], Dns, dns.clone()));
         out.push(svc("dns", tcp, one(53), &[Edge], Dns, dns));
         if v == ExchangeVersion::V2010 {
@@ -458,7 +537,7 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
                 one(25),
                 &[Edge],
                 Edge,
-                hub_row("Edge -> Edge 25/TCP between Edge Transport servers"),
+                hub_row("Edge Transport server to Edge Transport server"),
             ));
         }
     } else {
@@ -467,6 +546,17 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
         } else {
             client_access
         };
+        // Exchange 2010's port reference has no row for Internet mail without an Edge: the
+        // Hub Transport server takes the 2013 table's rows (docs/exchange-model.md).
+        let hub_reading = |row: &str| {
+            Provenance::cite(
+                EXFW,
+                &format!(
+                    "section \"Exchange 2010 without an Edge\": the Hub Transport server takes the row \"{row}\" of {}, table \"Network ports required for mail flow (no Edge Transport servers)\"",
+                    PORTS_2013.title
+                ),
+            )
+        };
         out.push(svc(
             "smtp-inbound",
             tcp,
@@ -474,11 +564,9 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             &[External],
             inbound_to,
             if v == ExchangeVersion::V2010 {
-                hub_row("Internet -> Hub Transport 25/TCP (no Edge)")
+                hub_reading("Inbound mail")
             } else {
-                no_edge_row(
-                    "Inbound mail: Internet to Client Access server, Default Frontend connector",
-                )
+                no_edge_row("Inbound mail")
             },
         ));
         out.push(svc(
@@ -488,13 +576,20 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             &[transport],
             External,
             if v == ExchangeVersion::V2010 {
-                hub_row("Hub Transport -> Internet 25/TCP (no Edge)")
+                hub_reading("Outbound mail")
             } else {
-                no_edge_row("Outbound mail: Mailbox server to Internet")
+                no_edge_row("Outbound mail")
             },
         ));
         if org.outbound_proxy_through_cas && client_access != transport {
-            out.push(svc("smtp-outbound-proxy", tcp, one(25), &[client_access], External, no_edge_row("Outbound mail (if routed through the Client Access server), FrontEndProxyEnabled")));
+            out.push(svc(
+                "smtp-outbound-proxy",
+                tcp,
+                one(25),
+                &[client_access],
+                External,
+                no_edge_row("Outbound mail (if routed through the Client Access server)"),
+            ));
         }
     }
     // All internal Exchange servers resolve names; the Internet-facing ones the next hop.
@@ -502,93 +597,26 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
         .into_iter()
         .filter(|r| r.unavailable_in(v).is_none())
         .collect();
-    let resolution = Provenance::new(
-        PORTS_2013,
-        "section \"Name resolution\" and row \"DNS for name resolution of the next mail hop\" (53/UDP, 53/TCP)",
+    let resolution = Provenance::cite(
+        ports_doc,
+        "section \"Name resolution\" (\"all internal Exchange servers must be able to resolve internal host names\") and row \"DNS for name resolution of the next mail hop (not pictured)\", 53/UDP, 53/TCP",
     );
     out.push(svc("dns", udp, one(53), &internal, Dns, resolution.clone()));
     out.push(svc("dns", tcp, one(53), &internal, Dns, resolution));
     if org.unified_messaging {
-        let um = |row: &str| Provenance::new(UM_PORTS, row);
-        let sources = [UmGateway];
-        let (router, worker) = match v {
-            ExchangeVersion::V2010 => (Um, Um),
-            ExchangeVersion::V2013 => (Cas, Mailbox),
-            _ => (Mailbox, Mailbox),
-        };
-        out.push(svc(
-            "sip",
-            tcp,
-            one(5060),
-            &sources,
-            router,
-            um("UM call router SIP 5060/TCP"),
-        ));
-        out.push(svc(
-            "sips",
-            tcp,
-            one(5061),
-            &sources,
-            router,
-            um("UM call router SIP over TLS 5061/TCP"),
-        ));
-        // The call router hands each call to a worker process, which the gateway then
-        // reaches directly: 5065/5067 TCP, 5066/5068 mutual TLS (2010: on the UM server).
-        out.push(svc(
-            "um-worker",
-            tcp,
-            PortRange {
-                first: 5065,
-                last: 5068,
-            },
-            &sources,
-            worker,
-            um(if v == ExchangeVersion::V2010 {
-                "UM worker process 5065/5067 TCP, 5066/5068 mutual TLS (Exchange 2010 UM server)"
-            } else {
-                "UM worker process SIP 5065-5068/TCP on Mailbox"
-            }),
-        ));
-        // Calls Exchange places (Play on Phone, transfers, outbound calls): SIP to the gateway.
-        let mut callers = vec![router, worker];
-        callers.dedup();
-        for (name, port, row) in [
-            (
-                "um-gateway-sip",
-                5060,
-                "SIP 5060/TCP from Exchange to the UM IP gateway or IP-PBX",
-            ),
-            (
-                "um-gateway-sips",
-                5061,
-                "SIP over TLS 5061/TCP from Exchange to the UM IP gateway or IP-PBX",
-            ),
-        ] {
-            out.push(svc(name, tcp, one(port), &callers, UmGateway, um(row)));
-        }
-        if v != ExchangeVersion::V2010 {
-            out.push(svc(
-                "um-sip",
-                tcp,
-                PortRange {
-                    first: 5062,
-                    last: 5063,
-                },
-                &sources,
-                worker,
-                um("UM service SIP 5062-5063/TCP on Mailbox"),
-            ));
-        }
-        out.push(svc("rtp", udp, PortRange { first: 1024, last: 65535 }, &sources, worker, Provenance::new(FIREWALL_SUPPORT, "UM: SIP+RTP goes directly from the telephony device to the Mailbox server (RTP/SRTP on dynamic UDP ports)")));
+        unified_messaging(v, &mut out);
+    }
+    if org.domain_controller_access == DcAccess::Clients {
+        directory_services(&mut out);
     }
     if org.icmp_echo {
         let servers: Vec<Role> = [Cas, Mailbox, Hub, Um, Edge]
             .into_iter()
             .filter(|r| r.unavailable_in(v).is_none())
             .collect();
-        let why = Provenance::new(
+        let why = Provenance::cite(
             EXFW,
-            "echo is configurable (icmp_echo): from internal clients and management hosts",
+            "section \"ICMP\": echo is configurable (icmp_echo), from internal clients and management hosts",
         );
         for to in servers {
             out.push(svc(
@@ -609,7 +637,185 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             ));
         }
     }
+    clients_get_what_the_internet_gets(&mut out);
     out
+}
+
+/// Internal clients get at least every service the Internet gets (docs/exchange-model.md,
+/// "Internal clients and the Internet"): Microsoft allows restricting internal clients, but a
+/// client network that gets less than the Internet only pushes its users out to it.
+fn clients_get_what_the_internet_gets(services: &mut [Service]) {
+    for s in services {
+        if s.from.contains(&Role::External)
+            && s.to != Role::External
+            && !s.from.contains(&Role::Clients)
+        {
+            s.from.push(Role::Clients);
+        }
+    }
+}
+
+/// Unified Messaging (2010 to 2016): SIP from the gateways to the call router and the worker
+/// process, RTP to the worker, and SIP from Exchange to the gateways for the calls it places.
+fn unified_messaging(v: ExchangeVersion, out: &mut Vec<Service>) {
+    use Role::*;
+    use source::*;
+    let tcp = proto::TCP;
+    let one = PortRange::single;
+    let (router, worker) = match v {
+        ExchangeVersion::V2010 => (Um, Um),
+        ExchangeVersion::V2013 => (Cas, Mailbox),
+        _ => (Mailbox, Mailbox),
+    };
+    let listening = |row: &str| {
+        if v == ExchangeVersion::V2010 {
+            Provenance::cite(UM_PORTS_2010, row)
+        } else {
+            Provenance::cite(
+                UM_PORTS,
+                &format!("table \"UM listening ports\", row \"{row}\""),
+            )
+        }
+    };
+    let (router_row, worker_row, rtp_row) = if v == ExchangeVersion::V2010 {
+        (
+            "\"the Microsoft Exchange Unified Messaging service listens on both TCP port 5060 in Unsecured mode and TCP port 5061 when mutual Transport Layer Security (mutual TLS) is used\"",
+            "\"Each UM worker process that's created listens on port 5065 and 5067 (unsecured) and 5066 and 5068 (secured)\"",
+            "RTP from the IP gateway or IP PBX to the worker process \"will use a valid UDP port that ranges from 1024 through 65535\"",
+        )
+    } else if v == ExchangeVersion::V2013 {
+        (
+            "SIP (Client Access server - Microsoft Unified Messaging Call Router service)",
+            "SIP (Mailbox server - UM worker process)",
+            "RTP (Mailbox server - UM worker process)",
+        )
+    } else {
+        (
+            "SIP (Client Access server - Microsoft Unified Messaging Call Router service), on the Mailbox server from Exchange 2016",
+            "SIP (Mailbox server - UM worker process)",
+            "RTP (Mailbox server - UM worker process)",
+        )
+    };
+    let gateways = [UmGateway];
+    out.push(svc(
+        "sip",
+        tcp,
+        one(5060),
+        &gateways,
+        router,
+        listening(router_row),
+    ));
+    out.push(svc(
+        "sips",
+        tcp,
+        one(5061),
+        &gateways,
+        router,
+        listening(router_row),
+    ));
+    // The call router hands each call to a worker process, which the gateway then reaches
+    // directly: 5065/5067 TCP, 5066/5068 mutual TLS.
+    out.push(svc(
+        "um-worker",
+        tcp,
+        PortRange {
+            first: 5065,
+            last: 5068,
+        },
+        &gateways,
+        worker,
+        listening(worker_row),
+    ));
+    out.push(svc(
+        "rtp",
+        proto::UDP,
+        PortRange {
+            first: 1024,
+            last: 65535,
+        },
+        &gateways,
+        worker,
+        listening(rtp_row),
+    ));
+    // Calls Exchange places (Play on Phone, transfers, the OPTIONS probe): SIP to the gateway.
+    let mut callers = vec![router, worker];
+    callers.dedup();
+    let call = Provenance::cite(
+        UM_GATEWAY,
+        "\"You must also configure the Client Access and Mailbox servers to communicate with the VoIP gateways, IP PBXs, SIP-enabled PBXs, or SBCs\"; the gateway's SIP listening port is 5060/TCP, 5061/TCP with mutual TLS",
+    );
+    for (name, port) in [("um-gateway-sip", 5060), ("um-gateway-sips", 5061)] {
+        out.push(svc(name, tcp, one(port), &callers, UmGateway, call.clone()));
+    }
+}
+
+/// What a domain-joined client needs of its domain controllers (logon, Group Policy, name
+/// resolution, time), from the client networks and management hosts; never from the Internet
+/// or the Edge.
+fn directory_services(out: &mut Vec<Service>) {
+    use Role::*;
+    use source::*;
+    let (tcp, udp) = (proto::TCP, proto::UDP);
+    let row = |row: &str| {
+        Provenance::cite(
+            AD_FIREWALL,
+            &format!(
+                "table of client port to server port for Windows Server 2008 and later, row \"{row}\""
+            ),
+        )
+    };
+    let from = [Clients, Management];
+    let one = PortRange::single;
+    for (name, protocol, ports, why) in [
+        ("ad-dns", udp, one(53), row("53/UDP DNS")),
+        ("ad-dns", tcp, one(53), row("53/TCP DNS")),
+        ("ad-kerberos", udp, one(88), row("88/UDP Kerberos")),
+        ("ad-kerberos", tcp, one(88), row("88/TCP Kerberos")),
+        ("ad-ntp", udp, one(123), row("123/UDP W32Time")),
+        (
+            "ad-rpc-epm",
+            tcp,
+            one(135),
+            row("135/TCP RPC Endpoint Mapper"),
+        ),
+        ("ad-ldap", udp, one(389), row("389/UDP LDAP")),
+        ("ad-ldap", tcp, one(389), row("389/TCP LDAP")),
+        ("ad-smb", tcp, one(445), row("445/TCP SMB")),
+        (
+            "ad-kpasswd",
+            udp,
+            one(464),
+            row("464/UDP Kerberos password change"),
+        ),
+        (
+            "ad-kpasswd",
+            tcp,
+            one(464),
+            row("464/TCP Kerberos password change"),
+        ),
+        ("ad-ldaps", tcp, one(636), row("636/TCP LDAP SSL")),
+        (
+            "ad-gc",
+            tcp,
+            PortRange {
+                first: 3268,
+                last: 3269,
+            },
+            row("3268/TCP LDAP GC, 3269/TCP LDAP GC SSL"),
+        ),
+        (
+            "ad-rpc",
+            tcp,
+            PortRange {
+                first: 49152,
+                last: 65535,
+            },
+            row("49152-65535/TCP RPC for LSA, SAM, NetLogon"),
+        ),
+    ] {
+        out.push(svc(name, protocol, ports, &from, Dc, why));
+    }
+    let _ = WINDOWS_PORTS;
 }
 
 #[cfg(test)]
@@ -628,6 +834,7 @@ mod tests {
             static_rpc_ports: None,
             unified_messaging: false,
             icmp_echo: false,
+            domain_controller_access: DcAccess::Clients,
         }
     }
 
@@ -707,6 +914,82 @@ mod tests {
         assert_eq!(sip.from, vec![Role::Mailbox]);
     }
 
+    /// Every organisation shape the options can describe.
+    fn every_shape() -> Vec<Organization> {
+        let mut out = Vec::new();
+        for v in [
+            ExchangeVersion::V2010,
+            ExchangeVersion::V2013,
+            ExchangeVersion::V2016,
+            ExchangeVersion::V2019,
+        ] {
+            for bits in 0..64u32 {
+                let mut o = org(v, bits & 1 != 0);
+                o.smtp_client_on_25 = bits & 2 != 0;
+                o.outbound_proxy_through_cas = bits & 4 != 0;
+                o.unified_messaging = bits & 8 != 0 && v < ExchangeVersion::V2019;
+                o.pop3 = bits & 16 != 0;
+                o.imap4 = bits & 16 != 0;
+                o.domain_controller_access = if bits & 32 != 0 {
+                    DcAccess::ExchangeOnly
+                } else {
+                    DcAccess::Clients
+                };
+                out.push(o);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn internal_clients_get_every_service_the_internet_gets() {
+        for o in every_shape() {
+            for s in catalogue(&o) {
+                if s.from.contains(&Role::External) && s.to != Role::External {
+                    assert!(s.from.contains(&Role::Clients), "{o:?}: {s:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn domain_controllers_serve_clients_never_the_internet_or_the_edge() {
+        for o in every_shape() {
+            let to_dc: Vec<Service> = catalogue(&o)
+                .into_iter()
+                .filter(|s| s.to == Role::Dc)
+                .collect();
+            for s in &to_dc {
+                assert_eq!(s.from, vec![Role::Clients, Role::Management], "{s:?}");
+            }
+            let has = |proto, port| {
+                to_dc
+                    .iter()
+                    .any(|s| s.proto == proto && s.ports.contains(port))
+            };
+            let clients = o.domain_controller_access == DcAccess::Clients;
+            for (p, port) in [
+                (proto::UDP, 53),
+                (proto::TCP, 88),
+                (proto::UDP, 88),
+                (proto::UDP, 123),
+                (proto::TCP, 135),
+                (proto::UDP, 389),
+                (proto::TCP, 389),
+                (proto::TCP, 445),
+                (proto::TCP, 464),
+                (proto::TCP, 636),
+                (proto::TCP, 3268),
+                (proto::TCP, 3269),
+                (proto::TCP, 49152),
+                (proto::TCP, 65535),
+            ] {
+                assert_eq!(has(p, port), clients, "{p}/{port} {o:?}");
+            }
+            assert!(!has(proto::TCP, 3389) && !has(proto::TCP, 49151));
+        }
+    }
+
     #[test]
     fn every_entry_cites_a_source() {
         for v in [
@@ -722,6 +1005,14 @@ mod tests {
                     !s.provenance.document.is_empty() && !s.provenance.row.is_empty(),
                     "{s:?}"
                 );
+                // A public address, never a file of somebody's notes.
+                assert!(
+                    source::ALL
+                        .iter()
+                        .any(|d| d.title == s.provenance.document && d.url == s.provenance.url),
+                    "{s:?}"
+                );
+                assert!(!s.provenance.row.contains("seed"), "{s:?}");
             }
         }
     }

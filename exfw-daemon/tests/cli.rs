@@ -220,6 +220,51 @@ fn explain_prints_every_format() {
     assert!(value["rules"].as_array().unwrap().len() > 10);
 }
 
+/// Every citation stands on its own: a published title and its public address, and for exfw's
+/// own choices the document the package ships; never a file outside the product.
+#[test]
+fn explain_cites_published_documents_and_lists_their_addresses() {
+    let shipped = std::fs::read_to_string(root().join("docs/exchange-model.md"))
+        .expect("docs/exchange-model.md ships with exfw");
+    for example in examples() {
+        for format in ["table", "csv", "markdown", "json"] {
+            let (code, out, _) = exfw(&["explain", &example, "--format", format]);
+            assert_eq!(code, 0);
+            for private in ["seed", "reference/", "shared/", ".txt"] {
+                assert!(!out.contains(private), "{example} {format} names {private:?}");
+            }
+        }
+        let (_, json, _) = exfw(&["explain", &example, "--format", "json"]);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let sources = value["sources"].as_array().unwrap();
+        assert!(sources.len() >= 3, "{example}: {sources:?}");
+        for s in sources {
+            let url = s["url"].as_str().unwrap();
+            assert!(
+                url.starts_with("https://learn.microsoft.com/")
+                    || url.starts_with("https://techcommunity.microsoft.com/")
+                    || url == "file:///usr/share/doc/exfw/exchange-model.md",
+                "{example}: {url}"
+            );
+        }
+        // Every section of exfw's own document that a row cites exists in it.
+        for rule in value["rules"].as_array().unwrap() {
+            let why = rule["why"].as_str().unwrap();
+            for part in why.split("exfw, \"The Exchange model\"").skip(1) {
+                let section = part
+                    .split("section \"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or_else(|| panic!("{example}: no section in {why}"));
+                assert!(
+                    shipped.contains(&format!("## {section}")),
+                    "{example}: docs/exchange-model.md has no section \"{section}\""
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn a_protected_group_accepted_nowhere_is_refused() {
     rejects(

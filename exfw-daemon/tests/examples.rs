@@ -14,12 +14,20 @@ use exfw_daemon::{
 
 type Case = (&'static str, &'static str, &'static str, u16, &'static str);
 
-fn run(example: &str, cases: &[Case]) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+fn example_path(example: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples")
-        .join(example);
-    let cfg = config::load(&path).unwrap_or_else(|e| panic!("{example}: {e}"));
-    let compiled = compile(&cfg).unwrap();
+        .join(example)
+}
+
+fn run(example: &str, cases: &[Case]) {
+    let cfg = config::load(&example_path(example)).unwrap_or_else(|e| panic!("{example}: {e}"));
+    judge(example, &cfg, cases);
+    assert!(cases.len() >= 40, "{example}: only {} cases", cases.len());
+}
+
+fn judge(example: &str, cfg: &config::Config, cases: &[Case]) {
+    let compiled = compile(cfg).unwrap();
     let policy = &compiled.policy;
     let deny = if policy.mode == Mode::Audit {
         Verdict::WouldDrop
@@ -61,7 +69,6 @@ fn run(example: &str, cases: &[Case]) {
         }
     }
     assert!(failures.is_empty(), "{example}:\n{}", failures.join("\n"));
-    assert!(cases.len() >= 40, "{example}: only {} cases", cases.len());
     let denied = cases.iter().filter(|c| c.4 == "deny").count();
     eprintln!(
         "{example}: {} cases ({} allowed, {denied} denied) agree",
@@ -74,7 +81,7 @@ const EXT: &str = "203.0.113.9";
 
 #[test]
 fn exchange2013_without_edge() {
-    let (cas1, cas2, mbx1, mbx2, dc, dns, client, mgmt) = (
+    let (cas1, cas2, mbx1, mbx2, dc, dns, client, mgmt, pbx) = (
         "192.0.2.11",
         "192.0.2.12",
         "192.0.2.21",
@@ -83,6 +90,7 @@ fn exchange2013_without_edge() {
         "203.0.113.53",
         "198.51.100.7",
         "198.51.100.250",
+        "198.51.100.240",
     );
     run(
         "exchange2013-no-edge.toml",
@@ -133,13 +141,45 @@ fn exchange2013_without_edge() {
             (EXT, cas1, "udp", 53, "deny"),
             (mbx1, dns, "udp", 123, "deny"),
             (cas1, "192.0.2.1", "tcp", 22, "host:deny"),
+            // Internal clients get what the Internet gets: Internet mail's port 25 included.
+            (client, cas1, "tcp", 25, "pass:smtp-inbound"),
+            // Domain controllers serve the client network (logon, Group Policy, DNS, time).
+            (client, dc, "udp", 53, "pass:ad-dns"),
+            (client, dc, "tcp", 88, "pass:ad-kerberos"),
+            (client, dc, "udp", 123, "pass:ad-ntp"),
+            (client, dc, "tcp", 135, "pass:ad-rpc-epm"),
+            (client, dc, "udp", 389, "pass:ad-ldap"),
+            (client, dc, "tcp", 445, "pass:ad-smb"),
+            (client, dc, "tcp", 464, "pass:ad-kpasswd"),
+            (client, dc, "tcp", 3269, "pass:ad-gc"),
+            (client, dc, "tcp", 49200, "pass:ad-rpc"),
+            (mgmt, dc, "tcp", 389, "pass:ad-ldap"),
+            (client, dc, "tcp", 3389, "deny"),
+            (client, dc, "tcp", 5985, "deny"),
+            (EXT, dc, "tcp", 88, "deny"),
+            (EXT, dc, "tcp", 49200, "deny"),
+            // Unified Messaging on 2013: the call router on CAS, the worker on Mailbox.
+            (pbx, cas1, "tcp", 5060, "pass:sip"),
+            (pbx, cas2, "tcp", 5061, "pass:sips"),
+            (pbx, mbx1, "tcp", 5065, "pass:um-worker"),
+            (pbx, mbx2, "tcp", 5068, "pass:um-worker"),
+            (pbx, mbx1, "udp", 30000, "pass:rtp"),
+            (cas1, pbx, "tcp", 5060, "pass:um-gateway-sip"),
+            (mbx1, pbx, "tcp", 5061, "pass:um-gateway-sips"),
+            (pbx, cas1, "udp", 30000, "deny"),
+            (pbx, cas1, "tcp", 5065, "deny"),
+            (pbx, mbx1, "tcp", 5062, "deny"),
+            (pbx, mbx1, "tcp", 5060, "deny"),
+            (EXT, cas1, "tcp", 5060, "deny"),
+            (EXT, mbx1, "udp", 30000, "deny"),
+            (client, mbx1, "tcp", 5065, "deny"),
         ],
     );
 }
 
 #[test]
 fn exchange2016_with_subscribed_edge() {
-    let (mbx1, mbx2, edge, dc, lync, dns, client, lob, mgmt) = (
+    let (mbx1, mbx2, edge, dc, lync, dns, client, lob, mgmt, sbc) = (
         "192.0.2.21",
         "192.0.2.22",
         "192.0.2.130",
@@ -149,7 +189,10 @@ fn exchange2016_with_subscribed_edge() {
         "198.51.100.7",
         "198.51.100.200",
         "198.51.100.250",
+        "198.51.100.240",
     );
+    // Exchange Online's published mail ranges (not a documentation range: no packet is sent).
+    let (exo, exo_v6) = ("40.107.22.5", "2a01:111:f403:2000::5");
     let (mbx1_v6, dc_v6, ext_v6) = ("2001:db8:21::21", "2001:db8:21::5", "2001:db8:ffff::9");
     run(
         "exchange2016-edge.toml",
@@ -200,12 +243,63 @@ fn exchange2016_with_subscribed_edge() {
             (edge, lync, "tcp", 5061, "deny"),
             (EXT, dc, "udp", 53, "deny"),
             (edge, "203.0.113.77", "tcp", 443, "deny"),
+            // Internal clients get what the Internet gets: the Edge's port 25 included.
+            (client, edge, "tcp", 25, "pass:smtp-inbound"),
+            (client, mbx1, "tcp", 25, "deny"),
+            // Domain controllers serve the client network; never the Internet or the Edge.
+            (client, dc, "tcp", 88, "pass:ad-kerberos"),
+            (client, dc, "udp", 88, "pass:ad-kerberos"),
+            (client, dc, "tcp", 445, "pass:ad-smb"),
+            (client, dc, "tcp", 636, "pass:ad-ldaps"),
+            (client, dc, "udp", 464, "pass:ad-kpasswd"),
+            (client, dc, "tcp", 65535, "pass:ad-rpc"),
+            (mgmt, dc, "tcp", 135, "pass:ad-rpc-epm"),
+            // The invoicing system sits outside the client network: it is Internet to the DCs.
+            (lob, dc, "tcp", 88, "deny"),
+            (client, lync, "tcp", 5061, "deny"),
+            (client, dc, "tcp", 49151, "deny"),
+            (EXT, dc, "tcp", 88, "deny"),
+            (edge, dc, "tcp", 445, "deny"),
+            (edge, dc, "udp", 53, "deny"),
+            // Unified Messaging on 2016: call router and worker on Mailbox; Mailbox places calls.
+            (sbc, mbx1, "tcp", 5060, "pass:sip"),
+            (sbc, mbx2, "tcp", 5061, "pass:sips"),
+            (sbc, mbx1, "tcp", 5066, "pass:um-worker"),
+            (sbc, mbx2, "udp", 1024, "pass:rtp"),
+            (mbx1, sbc, "tcp", 5060, "pass:um-gateway-sip"),
+            (mbx2, sbc, "tcp", 5061, "pass:um-gateway-sips"),
+            (sbc, mbx1, "tcp", 5062, "deny"),
+            (sbc, edge, "tcp", 5060, "deny"),
+            (sbc, dc, "tcp", 389, "deny"),
+            (edge, sbc, "tcp", 5060, "deny"),
+            (EXT, mbx1, "tcp", 5061, "deny"),
+            // Hybrid: Exchange Online's mail ranges reach Mailbox on 25 beside the Edge; Mailbox
+            // reaches Exchange Online on 443 and revocation lists on 80.
+            (exo, mbx1, "tcp", 25, "pass:hybrid-mail-from-exo"),
+            (exo_v6, mbx1_v6, "tcp", 25, "pass:hybrid-mail-from-exo"),
+            (exo, mbx2, "tcp", 443, "pass:https"),
+            (exo, mbx1, "tcp", 2525, "deny"),
+            (exo, dc, "tcp", 389, "deny"),
+            (mbx1, "203.0.113.77", "tcp", 443, "pass:hybrid-outbound"),
+            (mbx2, "203.0.113.77", "tcp", 80, "pass:hybrid-outbound"),
+            (mbx1, "203.0.113.77", "tcp", 8080, "deny"),
+            // The Edge's open-proxy test of a sending server.
+            (edge, "203.0.113.77", "tcp", 1080, "pass:edge-open-proxy-test"),
+            (edge, "203.0.113.77", "tcp", 1081, "pass:edge-open-proxy-test"),
+            (edge, "203.0.113.77", "tcp", 23, "pass:edge-open-proxy-test"),
+            (edge, "203.0.113.77", "tcp", 3128, "pass:edge-open-proxy-test"),
+            (edge, "203.0.113.77", "tcp", 6588, "pass:edge-open-proxy-test"),
+            (edge, "203.0.113.77", "tcp", 80, "pass:edge-open-proxy-test"),
+            (edge, "203.0.113.77", "tcp", 8080, "deny"),
+            (EXT, edge, "tcp", 1080, "deny"),
+            (edge, mbx1, "tcp", 1080, "deny"),
         ],
     );
 }
 
 #[test]
 fn exchange2010_with_static_rpc_ports() {
+    let edge = "192.0.2.130";
     let (cas, hub, mbx, um, dc, dns, client, pbx) = (
         "192.0.2.11",
         "192.0.2.31",
@@ -232,8 +326,28 @@ fn exchange2010_with_static_rpc_ports() {
             (EXT, hub, "tcp", 587, "pass:smtp-submission"),
             (client, hub, "tcp", 587, "pass:smtp-submission"),
             (EXT, cas, "tcp", 587, "deny"),
-            (EXT, hub, "tcp", 25, "pass:smtp-inbound"),
-            (hub, "203.0.113.77", "tcp", 25, "pass:smtp-outbound"),
+            (EXT, edge, "tcp", 25, "pass:smtp-inbound"),
+            (edge, hub, "tcp", 25, "pass:smtp-inbound-relay"),
+            (hub, edge, "tcp", 25, "pass:smtp-outbound-relay"),
+            (edge, "203.0.113.77", "tcp", 25, "pass:smtp-outbound"),
+            (hub, edge, "tcp", 50636, "pass:edgesync"),
+            (edge, dns, "udp", 53, "pass:dns"),
+            (edge, edge, "tcp", 25, "pass:smtp-edge-to-edge"),
+            (EXT, hub, "tcp", 25, "deny"),
+            (hub, "203.0.113.77", "tcp", 25, "deny"),
+            (edge, hub, "tcp", 50636, "deny"),
+            (edge, mbx, "tcp", 25, "deny"),
+            (edge, cas, "tcp", 25, "deny"),
+            (edge, dc, "tcp", 389, "deny"),
+            (edge, um, "tcp", 5060, "deny"),
+            (EXT, edge, "tcp", 50636, "deny"),
+            (client, edge, "tcp", 25, "pass:smtp-inbound"),
+            (client, hub, "tcp", 25, "deny"),
+            (client, dc, "tcp", 88, "pass:ad-kerberos"),
+            (client, dc, "tcp", 445, "pass:ad-smb"),
+            (client, dc, "tcp", 3268, "pass:ad-gc"),
+            (client, dc, "udp", 123, "pass:ad-ntp"),
+            (pbx, dc, "tcp", 88, "deny"),
             (hub, dns, "udp", 53, "pass:dns"),
             (cas, dns, "udp", 53, "pass:dns"),
             (pbx, um, "tcp", 5060, "pass:sip"),
@@ -244,6 +358,10 @@ fn exchange2010_with_static_rpc_ports() {
             (um, pbx, "tcp", 5060, "pass:um-gateway-sip"),
             (um, pbx, "tcp", 5061, "pass:um-gateway-sips"),
             (um, pbx, "tcp", 5065, "deny"),
+            (pbx, um, "tcp", 5064, "deny"),
+            (pbx, um, "tcp", 5069, "deny"),
+            (pbx, hub, "tcp", 5065, "deny"),
+            (cas, pbx, "tcp", 5060, "deny"),
             (um, hub, "tcp", 25, "pass:trusted"),
             (cas, mbx, "tcp", 6001, "pass:trusted"),
             (hub, dc, "tcp", 3268, "pass:trusted"),
@@ -331,8 +449,19 @@ fn exchange2019_with_imap4_and_ipv6() {
             (ext_6, dc1_6, "tcp", 389, "deny"),
             (EXT, dc1, "udp", 53, "deny"),
             (client, mbx1, "tcp", 135, "deny"),
-            (mbx1, "203.0.113.77", "tcp", 443, "deny"),
-            (mbx1_6, "2001:db8:ffff::1", "tcp", 80, "deny"),
+            (mbx1, "203.0.113.77", "tcp", 443, "pass:crl-and-updates"),
+            (mbx1_6, "2001:db8:ffff::1", "tcp", 80, "pass:crl-and-updates"),
+            (mbx1, "203.0.113.77", "tcp", 8080, "deny"),
+            (mbx2_6, "2001:db8:ffff::1", "udp", 443, "deny"),
+            (EXT, mbx1, "tcp", 49152, "deny"),
+            // Dual-stack clients reach the domain controllers on both families.
+            (client_6, dc1_6, "tcp", 88, "pass:ad-kerberos"),
+            (client, dc2, "udp", 389, "pass:ad-ldap"),
+            (client_6, dc2_6, "tcp", 445, "pass:ad-smb"),
+            (mgmt_6, dc1_6, "tcp", 636, "pass:ad-ldaps"),
+            (client_6, dc1_6, "tcp", 3389, "deny"),
+            (ext_6, dc1_6, "tcp", 88, "deny"),
+            (client_6, mbx1_6, "tcp", 25, "pass:smtp-inbound"),
             (EXT, mbx1, "icmp", 8, "deny"),
             (ext_6, mbx1_6, "icmp", 128, "deny"),
             (EXT, mbx2, "tcp", 50636, "deny"),
@@ -341,5 +470,78 @@ fn exchange2019_with_imap4_and_ipv6() {
             (mbx1_6, gw_6, "tcp", 22, "host:deny"),
             (ext_6, mbx2_6, "udp", 53, "deny"),
         ],
+    );
+}
+
+/// The 2016 example with `domain_controller_access` set to `access`.
+fn with_dc_access(access: &str) -> config::Config {
+    let path = example_path("exchange2016-edge.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "unified_messaging = true\n",
+            &format!("unified_messaging = true\ndomain_controller_access = \"{access}\"\n"),
+        );
+    let cfg = config::parse(&text, "exchange2016-edge.toml").unwrap();
+    assert!(text.contains("domain_controller_access"), "the example changed shape");
+    cfg
+}
+
+#[test]
+fn domain_controllers_serve_exactly_what_their_access_says() {
+    let (mbx, edge, dc, client, dc_v6) = (
+        "192.0.2.21",
+        "192.0.2.130",
+        "192.0.2.5",
+        "198.51.100.7",
+        "2001:db8:21::5",
+    );
+    // Exchange only: the clients lose the directory, Exchange keeps it.
+    judge(
+        "exchange-only",
+        &with_dc_access("exchange-only"),
+        &[
+            (client, dc, "tcp", 88, "deny"),
+            (client, dc, "tcp", 445, "deny"),
+            (client, dc, "udp", 53, "deny"),
+            (mbx, dc, "tcp", 389, "pass:trusted"),
+            (EXT, dc, "tcp", 389, "deny"),
+            (edge, dc, "tcp", 389, "deny"),
+        ],
+    );
+    // Unfiltered: another firewall guards the DCs; exfw still keeps the Edge out of them and
+    // Exchange's trust with them.
+    judge(
+        "unfiltered",
+        &with_dc_access("unfiltered"),
+        &[
+            (client, dc, "tcp", 88, "pass:transit"),
+            (EXT, dc, "tcp", 3389, "pass:transit"),
+            ("2001:db8:ffff::9", dc_v6, "tcp", 389, "pass:transit"),
+            (mbx, dc, "tcp", 389, "pass:trusted"),
+            (dc, mbx, "tcp", 49800, "pass:trusted"),
+            (edge, dc, "tcp", 389, "deny"),
+            (edge, dc, "udp", 88, "deny"),
+        ],
+    );
+    let unfiltered = with_dc_access("unfiltered");
+    assert!(
+        unfiltered
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("domain controllers are not filtered")),
+        "unfiltered domain controllers warn: {:?}",
+        unfiltered.warnings
+    );
+    let bad = std::fs::read_to_string(example_path("exchange2016-edge.toml"))
+        .unwrap()
+        .replace(
+            "unified_messaging = true\n",
+            "unified_messaging = true\ndomain_controller_access = \"everyone\"\n",
+        );
+    let error = config::parse(&bad, "bad.toml").unwrap_err().to_string();
+    assert!(
+        error.contains("domain_controller_access `everyone` is not known"),
+        "{error}"
     );
 }

@@ -1098,8 +1098,8 @@ impl<'a> Stream<'a> {
 pub fn config(rng: &mut StdRng) -> exfw_daemon::config::Config {
     use exfw_daemon::{
         config::{
-            Allow, Config, Endpoint, ExchangeVersion, Host, Limits, Management, Organization,
-            Server,
+            Allow, Config, DcAccess, Endpoint, ExchangeVersion, Host, Limits, Management,
+            Organization, Server,
         },
         model::Role,
     };
@@ -1225,6 +1225,11 @@ pub fn config(rng: &mut StdRng) -> exfw_daemon::config::Config {
                 .then_some((59531, 59532)),
             unified_messaging,
             icmp_echo: rng.random_bool(0.7),
+            domain_controller_access: [
+                DcAccess::Clients,
+                DcAccess::ExchangeOnly,
+                DcAccess::Unfiltered,
+            ][rng.random_range(0..3usize)],
         },
         servers,
         domain_controllers,

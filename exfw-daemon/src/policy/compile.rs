@@ -12,7 +12,7 @@ use ipnet::IpNet;
 
 use super::{Accepts, Class, Interface, Policy, PolicyError, PortRange, Rule, Timeouts};
 use crate::{
-    config::{Config, Endpoint},
+    config::{Config, DcAccess, Endpoint},
     model::{Provenance, Role, Service, catalogue, source},
 };
 
@@ -120,7 +120,15 @@ pub fn compile(config: &Config) -> Result<Compiled, PolicyError> {
             .flat_map(|h| h.addresses.iter().copied())
             .collect::<Vec<_>>()
     };
-    classes.add(vec![Role::Dc], hosts(&config.domain_controllers));
+    let dc = classes.add_named(
+        Role::Dc.name().into(),
+        vec![Role::Dc],
+        hosts(&config.domain_controllers),
+    );
+    if config.organization.domain_controller_access == DcAccess::Unfiltered {
+        // Still trusted with Exchange; judged only when the source is protected (the Edge).
+        classes.unprotect(dc);
+    }
     classes.add(vec![Role::Lync], hosts(&config.lync_servers));
     classes.add(vec![Role::Dns], hosts(&config.dns_servers));
     classes.add(vec![Role::UmGateway], hosts(&config.um_gateways));
@@ -172,10 +180,10 @@ pub fn compile(config: &Config) -> Result<Compiled, PolicyError> {
             ports: PortRange::single(*port),
             from: vec![Role::Management],
             to: Role::Gateway,
-            provenance: Provenance {
-                document: source::EXFW.into(),
-                row: "management access to the gateway must never be blocked ([management] in the config)".into(),
-            },
+            provenance: Provenance::cite(
+                source::EXFW,
+                "section \"Management access\": management access to the gateway must never be blocked ([management] in the config)",
+            ),
         };
         rules.add_service(&service, &roles_of);
     }
@@ -192,11 +200,10 @@ pub fn compile(config: &Config) -> Result<Compiled, PolicyError> {
                 ports: PortRange::single(kind),
                 from: vec![Role::Management],
                 to: Role::Gateway,
-                provenance: Provenance {
-                    document: source::EXFW.into(),
-                    row: "echo is configurable (icmp_echo): management hosts may ping the gateway"
-                        .into(),
-                },
+                provenance: Provenance::cite(
+                    source::EXFW,
+                    "section \"ICMP\": echo is configurable (icmp_echo), management hosts may ping the gateway",
+                ),
             };
             rules.add_service(&service, &roles_of);
         }
@@ -205,16 +212,19 @@ pub fn compile(config: &Config) -> Result<Compiled, PolicyError> {
         let mut sources = BTreeSet::new();
         for from in &allow.from {
             match from {
-                Endpoint::Role(role) => sources.extend(roles_of(*role)),
+                Endpoint::Role(role) => {
+                    sources.extend(roles_of(*role));
+                    // Internal clients get at least what the Internet gets.
+                    if *role == Role::External {
+                        sources.extend(roles_of(Role::Clients));
+                    }
+                }
                 Endpoint::Prefix(net) => {
                     sources.insert(derived_ids[net]);
                 }
             }
         }
-        let why = Provenance {
-            document: "config".into(),
-            row: format!("[[allow]] `{}`: {}", allow.name, allow.reason),
-        };
+        let why = Provenance::config(format!("[[allow]] `{}`: {}", allow.name, allow.reason));
         for to in &allow.to {
             for dst in roles_of(*to) {
                 for (first, last) in &allow.ports {
@@ -329,6 +339,13 @@ impl ClassBuilder {
         });
         self.roles.insert(id, roles);
         id
+    }
+
+    /// Leaves a class's traffic unfiltered unless the other end is protected.
+    fn unprotect(&mut self, id: u16) {
+        if let Some(class) = self.classes.iter_mut().find(|c| c.id == id) {
+            class.protected = false;
+        }
     }
 
     fn with_role(&self, role: Role) -> Vec<u16> {

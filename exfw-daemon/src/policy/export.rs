@@ -72,6 +72,17 @@ pub struct Explanation {
     pub gateway: Vec<ExplainRow>,
     /// What holds beyond the rows.
     pub notes: Vec<String>,
+    /// Every document a row cites, with where it is published.
+    pub sources: Vec<SourceRow>,
+}
+
+/// A document the rows cite.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SourceRow {
+    /// Publisher and title.
+    pub title: String,
+    /// Where it is published.
+    pub url: String,
 }
 
 /// The protocol's name.
@@ -140,9 +151,11 @@ pub fn explain(c: &Compiled) -> Explanation {
             ports: "any".into(),
             source: trusted.clone(),
             destination: trusted,
-            why: "seed 002 ground rules: never restrict traffic between Exchange servers, with domain controllers, \
-                  or with Lync/Skype servers (any port, any protocol, both directions); seed 001: ANY/ANY \"everywhere\""
-                .into(),
+            why: trusted_pairs_why()
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
         });
     }
     for rule in &p.rules {
@@ -168,6 +181,34 @@ pub fn explain(c: &Compiled) -> Explanation {
             },
         })
         .collect();
+    let mut cited: Vec<(String, String)> = Vec::new();
+    let whys = c
+        .provenance
+        .values()
+        .flatten()
+        .chain(c.host_rules.iter().flat_map(|h| &h.why));
+    let trusted_whys = if c.trusted_classes().is_empty() {
+        Vec::new()
+    } else {
+        trusted_pairs_why()
+    };
+    for why in whys.chain(&trusted_whys) {
+        if !why.url.is_empty() && !cited.iter().any(|(title, _)| *title == why.document) {
+            cited.push((why.document.clone(), why.url.clone()));
+        }
+    }
+    // In the order docs/exchange-model.md lists them.
+    let rank = |title: &str| {
+        crate::model::source::ALL
+            .iter()
+            .position(|d| d.title == title)
+            .unwrap_or(usize::MAX)
+    };
+    cited.sort_by_key(|(title, _)| rank(title));
+    let sources = cited
+        .into_iter()
+        .map(|(title, url)| SourceRow { title, url })
+        .collect();
     let mode = match p.mode {
         super::Mode::Enforce => "enforce: denied traffic is dropped",
         super::Mode::Audit => "audit: nothing is dropped; denied traffic is counted as would-drop",
@@ -186,7 +227,22 @@ pub fn explain(c: &Compiled) -> Explanation {
             "\"external\" is every address not listed in a group (the Internet, partner forests).".into(),
             format!("Mode: {mode}."),
         ],
+        sources,
     }
+}
+
+/// Why trusted pairs pass: Microsoft's ground rules and the product group's support statement.
+fn trusted_pairs_why() -> Vec<crate::model::Provenance> {
+    use crate::model::{Provenance, source};
+    let ground_rules = "first bullet before the tables: \"We do not support restricting or altering network traffic between internal Exchange servers, between internal Exchange servers and internal Lync or Skype for Business servers, or between internal Exchange servers and internal Active Directory domain controllers\" (any port, including random RPC ports, any protocol, both directions)";
+    vec![
+        Provenance::cite(source::PORTS_2013, ground_rules),
+        Provenance::cite(source::PORTS_2016, ground_rules),
+        Provenance::cite(
+            source::FIREWALL_SUPPORT,
+            "\"a rule allowing ANY/ANY port and protocol communication must be in place allowing free communication between Exchange servers as well as between Exchange servers and domain controllers\"",
+        ),
+    ]
 }
 
 fn host_or_net(n: &IpNet) -> String {
@@ -296,6 +352,12 @@ pub fn render_explain(c: &Compiled, format: ExplainFormat) -> String {
             for n in &e.notes {
                 let _ = writeln!(out, "- {n}");
             }
+            if !e.sources.is_empty() {
+                out.push_str("\n## Sources\n\n");
+                for s in &e.sources {
+                    let _ = writeln!(out, "- {}: <{}>", s.title, s.url);
+                }
+            }
         }
         ExplainFormat::Table => {
             out.push_str("ADDRESS GROUPS\n");
@@ -351,6 +413,12 @@ pub fn render_explain(c: &Compiled, format: ExplainFormat) -> String {
             out.push_str("\nNOTES\n");
             for n in &e.notes {
                 let _ = writeln!(out, "  - {n}");
+            }
+            if !e.sources.is_empty() {
+                out.push_str("\nSOURCES\n");
+                for s in &e.sources {
+                    let _ = writeln!(out, "  {}\n    {}", s.title, s.url);
+                }
             }
         }
     }
