@@ -1250,11 +1250,9 @@ fn check_unprotected_sources(
         .iter()
         .filter(|(present, role)| {
             *present
-                && interfaces.iter().all(|i| {
-                    i.accepts
-                        .as_ref()
-                        .is_some_and(|list| !list.contains(role))
-                })
+                && interfaces
+                    .iter()
+                    .all(|i| i.accepts.as_ref().is_some_and(|list| !list.contains(role)))
         })
         .map(|(_, role)| role.name())
         .collect();
@@ -1351,6 +1349,15 @@ fn validate_organization(c: &mut Checker, raw: &RawConfig) -> Organization {
         c.error(
             flag.span(),
             format!("Exchange {} has no Unified Messaging (removed in 2019): set unified_messaging = false", exchange.name()),
+        );
+    }
+    if o.outbound_proxy_through_cas
+        && (exchange != ExchangeVersion::V2013
+            || o.edge_subscribed.as_ref().is_some_and(|f| *f.get_ref()))
+    {
+        c.warn(
+            o.exchange.span(),
+            "outbound_proxy_through_cas has no effect here: outbound mail goes through a Client Access server only on Exchange 2013 without an Edge (FrontEndProxyEnabled)",
         );
     }
     let domain_controller_access = match &o.domain_controller_access {

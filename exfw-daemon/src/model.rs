@@ -314,10 +314,22 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
         PORTS_2013
     };
     let client_row = |row: &str| {
+        // Rows that carry their own closing quote name the ports after it.
+        let row = if row.contains('"') {
+            row.to_string()
+        } else {
+            format!("{row}\"")
+        };
         Provenance::cite(
             ports_doc,
-            &format!("table \"Network ports required for clients and services\", row \"{row}\""),
+            &format!("table \"Network ports required for clients and services\", row \"{row}"),
         )
+    };
+    // The 2013 page says "Outlook Web App"; the 2016 page its new name.
+    let owa = if v.client_access_on_mailbox() {
+        "Outlook on the web (formerly known as Outlook Web App)"
+    } else {
+        "Outlook Web App"
     };
     let anyone = [External, Clients];
     let mut out = vec![svc(
@@ -326,12 +338,12 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
         one(443),
         &anyone,
         client_access,
-        client_row(
-            "Encrypted web connections: Autodiscover, Exchange ActiveSync, Exchange Web Services, offline address book distribution, Outlook Anywhere, Outlook MAPI over HTTP, Outlook on the web (443/TCP)",
-        ),
+        client_row(&format!(
+            "Encrypted web connections are used by the following clients and services: Autodiscover service, Exchange ActiveSync, Exchange Web Services (EWS), Offline address book distribution, Outlook Anywhere (RPC over HTTP), Outlook MAPI over HTTP, {owa}\", 443/TCP (HTTPS)"
+        )),
     )];
     if org.http {
-        out.push(svc("http", tcp, one(80), &anyone, client_access, client_row("Unencrypted web connections: Internet calendar publishing, Outlook on the web (redirect to 443/TCP), Autodiscover (fallback when 443/TCP isn't available) (80/TCP)")));
+        out.push(svc("http", tcp, one(80), &anyone, client_access, client_row(&format!("Unencrypted web connections are used by the following clients and services: Internet calendar publishing, {owa} (redirect to 443/TCP), Autodiscover (fallback when 443/TCP isn't available)\", 80/TCP (HTTP)"))));
     }
     if org.imap4 {
         out.push(svc(
@@ -340,7 +352,7 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             one(143),
             &anyone,
             client_access,
-            client_row("IMAP4 clients (143/TCP IMAP)"),
+            client_row("IMAP4 clients\", 143/TCP (IMAP)"),
         ));
         out.push(svc(
             "imap4s",
@@ -348,7 +360,7 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             one(993),
             &anyone,
             client_access,
-            client_row("IMAP4 clients (993/TCP secure IMAP)"),
+            client_row("IMAP4 clients\", 993/TCP (secure IMAP)"),
         ));
     }
     if org.pop3 {
@@ -358,7 +370,7 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             one(110),
             &anyone,
             client_access,
-            client_row("POP3 clients (110/TCP POP3)"),
+            client_row("POP3 clients\", 110/TCP (POP3)"),
         ));
         out.push(svc(
             "pop3s",
@@ -366,7 +378,7 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             one(995),
             &anyone,
             client_access,
-            client_row("POP3 clients (995/TCP secure POP3)"),
+            client_row("POP3 clients\", 995/TCP (secure POP3)"),
         ));
     }
     // Client submission: the "Client Frontend" connector of a 2013 or later Client Access
@@ -384,7 +396,7 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
         (
             client_access,
             client_row(
-                "SMTP clients (authenticated): the \"Client Frontend <server>\" receive connector, 587/TCP",
+                "SMTP clients (authenticated)\", 587/TCP (authenticated SMTP), the default Receive connector \"Client Frontend <server>\"",
             ),
         )
     };
@@ -513,7 +525,11 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
             one(25),
             &[Edge],
             External,
-            edge_row("Outbound mail - Edge Transport server to Internet"),
+            edge_row(if ports_doc == PORTS_2016 {
+                "Outbound mail - Edge Transport server to internet"
+            } else {
+                "Outbound mail - Edge Transport server to Internet"
+            }),
         ));
         out.push(svc(
             "edgesync",
@@ -581,7 +597,9 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
                 no_edge_row("Outbound mail")
             },
         ));
-        if org.outbound_proxy_through_cas && client_access != transport {
+        // A 2013 Client Access server's Front End Transport; 2010 has no such proxy, and from
+        // 2016 the proxy runs on the Mailbox server, which sends outbound mail anyway.
+        if org.outbound_proxy_through_cas && v == ExchangeVersion::V2013 {
             out.push(svc(
                 "smtp-outbound-proxy",
                 tcp,
@@ -691,7 +709,7 @@ fn unified_messaging(v: ExchangeVersion, out: &mut Vec<Service>) {
         )
     } else {
         (
-            "SIP (Client Access server - Microsoft Unified Messaging Call Router service), on the Mailbox server from Exchange 2016",
+            "SIP (Client Access server - Microsoft Unified Messaging Call Router service)\" (on Exchange 2016 the call router runs on the Mailbox server; \"Network ports required for Unified Messaging in Exchange 2016",
             "SIP (Mailbox server - UM worker process)",
             "RTP (Mailbox server - UM worker process)",
         )
@@ -756,44 +774,43 @@ fn directory_services(out: &mut Vec<Service>) {
     use Role::*;
     use source::*;
     let (tcp, udp) = (proto::TCP, proto::UDP);
-    let row = |row: &str| {
+    let row = |server_port: &str, service: &str| {
         Provenance::cite(
             AD_FIREWALL,
             &format!(
-                "table of client port to server port for Windows Server 2008 and later, row \"{row}\""
+                "table under \"Windows Server 2008 and later versions\" (Client Port(s) | Server Port | Service), row \"{server_port} | {service}\""
             ),
         )
     };
     let from = [Clients, Management];
     let one = PortRange::single;
+    let dns = row("53/TCP/UDP", "DNS");
+    let kerberos = row("88/TCP/UDP", "Kerberos");
+    let ldap = row("389/TCP/UDP", "LDAP");
+    let kpasswd = row("464/TCP/UDP", "Kerberos password change");
+    // SMB: the trusts table marks it "trust creation only"; members need it for SYSVOL.
+    let smb = Provenance::cite(
+        WINDOWS_PORTS,
+        "section \"Group Policy\" (\"a client computer must be able to contact a domain controller over the Kerberos, LDAP, SMB, and RPC protocols\"), row \"SMB | TCP | 445\"",
+    );
     for (name, protocol, ports, why) in [
-        ("ad-dns", udp, one(53), row("53/UDP DNS")),
-        ("ad-dns", tcp, one(53), row("53/TCP DNS")),
-        ("ad-kerberos", udp, one(88), row("88/UDP Kerberos")),
-        ("ad-kerberos", tcp, one(88), row("88/TCP Kerberos")),
-        ("ad-ntp", udp, one(123), row("123/UDP W32Time")),
+        ("ad-dns", udp, one(53), dns.clone()),
+        ("ad-dns", tcp, one(53), dns),
+        ("ad-kerberos", udp, one(88), kerberos.clone()),
+        ("ad-kerberos", tcp, one(88), kerberos),
+        ("ad-ntp", udp, one(123), row("123/UDP", "W32Time")),
         (
             "ad-rpc-epm",
             tcp,
             one(135),
-            row("135/TCP RPC Endpoint Mapper"),
+            row("135/TCP", "RPC Endpoint Mapper"),
         ),
-        ("ad-ldap", udp, one(389), row("389/UDP LDAP")),
-        ("ad-ldap", tcp, one(389), row("389/TCP LDAP")),
-        ("ad-smb", tcp, one(445), row("445/TCP SMB")),
-        (
-            "ad-kpasswd",
-            udp,
-            one(464),
-            row("464/UDP Kerberos password change"),
-        ),
-        (
-            "ad-kpasswd",
-            tcp,
-            one(464),
-            row("464/TCP Kerberos password change"),
-        ),
-        ("ad-ldaps", tcp, one(636), row("636/TCP LDAP SSL")),
+        ("ad-ldap", udp, one(389), ldap.clone()),
+        ("ad-ldap", tcp, one(389), ldap),
+        ("ad-smb", tcp, one(445), smb),
+        ("ad-kpasswd", udp, one(464), kpasswd.clone()),
+        ("ad-kpasswd", tcp, one(464), kpasswd),
+        ("ad-ldaps", tcp, one(636), row("636/TCP", "LDAP SSL")),
         (
             "ad-gc",
             tcp,
@@ -801,7 +818,7 @@ fn directory_services(out: &mut Vec<Service>) {
                 first: 3268,
                 last: 3269,
             },
-            row("3268/TCP LDAP GC, 3269/TCP LDAP GC SSL"),
+            row("3268/TCP | LDAP GC\" and \"3269/TCP", "LDAP GC SSL"),
         ),
         (
             "ad-rpc",
@@ -810,12 +827,11 @@ fn directory_services(out: &mut Vec<Service>) {
                 first: 49152,
                 last: 65535,
             },
-            row("49152-65535/TCP RPC for LSA, SAM, NetLogon"),
+            row("49152-65535/TCP", "RPC for LSA, SAM, NetLogon (*)"),
         ),
     ] {
         out.push(svc(name, protocol, ports, &from, Dc, why));
     }
-    let _ = WINDOWS_PORTS;
 }
 
 #[cfg(test)]

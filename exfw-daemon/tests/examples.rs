@@ -284,11 +284,35 @@ fn exchange2016_with_subscribed_edge() {
             (mbx2, "203.0.113.77", "tcp", 80, "pass:hybrid-outbound"),
             (mbx1, "203.0.113.77", "tcp", 8080, "deny"),
             // The Edge's open-proxy test of a sending server.
-            (edge, "203.0.113.77", "tcp", 1080, "pass:edge-open-proxy-test"),
-            (edge, "203.0.113.77", "tcp", 1081, "pass:edge-open-proxy-test"),
+            (
+                edge,
+                "203.0.113.77",
+                "tcp",
+                1080,
+                "pass:edge-open-proxy-test",
+            ),
+            (
+                edge,
+                "203.0.113.77",
+                "tcp",
+                1081,
+                "pass:edge-open-proxy-test",
+            ),
             (edge, "203.0.113.77", "tcp", 23, "pass:edge-open-proxy-test"),
-            (edge, "203.0.113.77", "tcp", 3128, "pass:edge-open-proxy-test"),
-            (edge, "203.0.113.77", "tcp", 6588, "pass:edge-open-proxy-test"),
+            (
+                edge,
+                "203.0.113.77",
+                "tcp",
+                3128,
+                "pass:edge-open-proxy-test",
+            ),
+            (
+                edge,
+                "203.0.113.77",
+                "tcp",
+                6588,
+                "pass:edge-open-proxy-test",
+            ),
             (edge, "203.0.113.77", "tcp", 80, "pass:edge-open-proxy-test"),
             (edge, "203.0.113.77", "tcp", 8080, "deny"),
             (EXT, edge, "tcp", 1080, "deny"),
@@ -450,7 +474,13 @@ fn exchange2019_with_imap4_and_ipv6() {
             (EXT, dc1, "udp", 53, "deny"),
             (client, mbx1, "tcp", 135, "deny"),
             (mbx1, "203.0.113.77", "tcp", 443, "pass:crl-and-updates"),
-            (mbx1_6, "2001:db8:ffff::1", "tcp", 80, "pass:crl-and-updates"),
+            (
+                mbx1_6,
+                "2001:db8:ffff::1",
+                "tcp",
+                80,
+                "pass:crl-and-updates",
+            ),
             (mbx1, "203.0.113.77", "tcp", 8080, "deny"),
             (mbx2_6, "2001:db8:ffff::1", "udp", 443, "deny"),
             (EXT, mbx1, "tcp", 49152, "deny"),
@@ -476,14 +506,15 @@ fn exchange2019_with_imap4_and_ipv6() {
 /// The 2016 example with `domain_controller_access` set to `access`.
 fn with_dc_access(access: &str) -> config::Config {
     let path = example_path("exchange2016-edge.toml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace(
-            "unified_messaging = true\n",
-            &format!("unified_messaging = true\ndomain_controller_access = \"{access}\"\n"),
-        );
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "unified_messaging = true\n",
+        &format!("unified_messaging = true\ndomain_controller_access = \"{access}\"\n"),
+    );
     let cfg = config::parse(&text, "exchange2016-edge.toml").unwrap();
-    assert!(text.contains("domain_controller_access"), "the example changed shape");
+    assert!(
+        text.contains("domain_controller_access"),
+        "the example changed shape"
+    );
     cfg
 }
 

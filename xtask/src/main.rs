@@ -99,7 +99,7 @@ enum Cmd {
     /// Build an Exchange organisation in network namespaces behind a real exfw gateway, with
     /// real servers, clients and Prometheus; print what each scenario expected and got.
     Lab {
-        /// The organisation (Exchange 2016 or later with a subscribed Edge).
+        /// The organisation: any example config, or your own.
         #[arg(long, default_value = "examples/exchange2016-edge.toml")]
         config: String,
         /// Keep generating the scenarios' traffic for at least this many seconds.

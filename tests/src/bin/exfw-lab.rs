@@ -17,7 +17,7 @@ use exfw_tests::lab::{Lab, Options, print_table};
 /// The exfw lab: an Exchange organisation in network namespaces behind a real exfw gateway.
 #[derive(Parser)]
 struct Args {
-    /// The organisation (Exchange 2016 or later with a subscribed Edge).
+    /// The organisation: any example config (its interfaces, metrics address and mode are the lab's).
     #[arg(long, default_value = "examples/exchange2016-edge.toml")]
     config: PathBuf,
     /// Keep generating the scenarios' traffic for at least this many seconds.
@@ -73,6 +73,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    eprintln!("lab: {}", lab.origin());
     let started = Instant::now();
     let mut rows = lab.scenarios();
     let mut rounds = 1;
