@@ -544,6 +544,8 @@ pub mod event_stat {
     pub const PENDING_INSERT_FAILED: u32 = 5;
     /// Spoofed-source drops not counted per interface because `EXFW_SPOOFED` was full.
     pub const SPOOF_STATS_FULL: u32 = 6;
+    /// First fragments whose verdict could not be written to `EXFW_FRAGS`.
+    pub const FRAG_INSERT_FAILED: u32 = 7;
     /// Number of slots.
     pub const SLOTS: u32 = 8;
 }

@@ -126,6 +126,10 @@ pub struct LoadOptions {
     pub frag_entries: u32,
     /// Pin maps and links here so enforcement outlives the process; `None` for tests and tools.
     pub pin_dir: Option<PathBuf>,
+    /// Turn on the program's diagnostics (aya-log, debug level) and read them into `tracing`
+    /// under the target `exfw::kernel` ([`Dataplane::take_kernel_log`]); off, the verifier
+    /// prunes them.
+    pub kernel_log: bool,
 }
 
 impl Default for LoadOptions {
@@ -135,6 +139,7 @@ impl Default for LoadOptions {
             pending_entries: limits::DEFAULT_PENDING_ENTRIES,
             frag_entries: limits::DEFAULT_FRAG_ENTRIES,
             pin_dir: None,
+            kernel_log: false,
         }
     }
 }
@@ -581,6 +586,8 @@ pub struct EventStats {
     pub pending_insert_failed: u64,
     /// Spoofed-source drops not counted per interface because the table was full.
     pub spoof_stats_full: u64,
+    /// First fragments whose verdict could not be written.
+    pub frag_insert_failed: u64,
 }
 
 /// The map entries that encode one policy generation.
@@ -1034,6 +1041,7 @@ struct Replacement {
 pub struct Dataplane {
     ebpf: Ebpf,
     events: Option<EventRing>,
+    kernel_log: Option<KernelLog>,
     generation: u32,
     /// The class ids of the policy this process put in force (`None` before its first apply).
     classes_in_force: Option<BTreeSet<u16>>,
@@ -1140,11 +1148,14 @@ impl Dataplane {
                 }
             }
         }
+        // aya-log's level: 0 turns every diagnostic off (a constant the verifier prunes by).
+        let log_level: u8 = if options.kernel_log { u8::MAX } else { 0 };
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map_names::FLOWS, options.flow_entries)
             .map_max_entries(map_names::PENDING, options.pending_entries)
-            .map_max_entries(map_names::FRAGS, options.frag_entries);
+            .map_max_entries(map_names::FRAGS, options.frag_entries)
+            .override_global("AYA_LOG_LEVEL", &log_level, true);
         let map_dir = if replacement.is_some() {
             STAGED_MAPS
         } else {
@@ -1175,9 +1186,22 @@ impl Dataplane {
             .take_map(map_names::EVENTS)
             .ok_or(DataplaneError::Missing("event ring"))?;
         let events = RingBuf::try_from(events).map_err(map_err("event ring"))?;
+        let kernel_log = if options.kernel_log {
+            Some(KernelLog(
+                aya_log::EbpfLogger::init_with_logger(&mut ebpf, TracingLog).map_err(|e| {
+                    DataplaneError::Pin {
+                        what: "opening the kernel program's log (AYA_LOGS)".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    }
+                })?,
+            ))
+        } else {
+            None
+        };
         let mut dataplane = Dataplane {
             ebpf,
             events: Some(EventRing(events)),
+            kernel_log,
             generation: 0,
             classes_in_force: None,
             replacement,
@@ -2058,6 +2082,7 @@ impl Dataplane {
             flow_insert_failed: read(event_stat::FLOW_INSERT_FAILED)?,
             pending_insert_failed: read(event_stat::PENDING_INSERT_FAILED)?,
             spoof_stats_full: read(event_stat::SPOOF_STATS_FULL)?,
+            frag_insert_failed: read(event_stat::FRAG_INSERT_FAILED)?,
         })
     }
 
@@ -2070,6 +2095,44 @@ impl Dataplane {
     pub fn take_event_ring(&mut self) -> Option<EventRing> {
         self.events.take()
     }
+
+    /// Hands the kernel program's diagnostics to their reader (`None` unless loaded with
+    /// [`LoadOptions::kernel_log`]).
+    pub fn take_kernel_log(&mut self) -> Option<KernelLog> {
+        self.kernel_log.take()
+    }
+}
+
+/// The kernel program's diagnostics (aya-log records), read into `tracing`.
+pub struct KernelLog(aya_log::EbpfLogger<TracingLog>);
+
+impl KernelLog {
+    /// Logs every record waiting in the program's log ring under the target `exfw::kernel`.
+    pub fn flush(&mut self) {
+        self.0.flush();
+    }
+}
+
+/// Forwards aya-log's records (through the `log` trait) to `tracing`, keeping their level.
+pub struct TracingLog;
+
+impl log::Log for TracingLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        let message = record.args().to_string();
+        match record.level() {
+            log::Level::Error => tracing::error!(target: "exfw::kernel", "{message}"),
+            log::Level::Warn => tracing::warn!(target: "exfw::kernel", "{message}"),
+            log::Level::Info => tracing::info!(target: "exfw::kernel", "{message}"),
+            log::Level::Debug => tracing::debug!(target: "exfw::kernel", "{message}"),
+            log::Level::Trace => tracing::trace!(target: "exfw::kernel", "{message}"),
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 /// The sampled drop events the program writes, read by one consumer.

@@ -312,6 +312,12 @@ impl Collector for ExfwCollector {
             "Unconfirmed connections the kernel could not write.",
             [(none.clone(), counter(events.pending_insert_failed))],
         )?;
+        family(
+            &mut encoder,
+            "exfw_fragment_insert_failures",
+            "First fragments whose verdict the kernel could not write (their later fragments drop).",
+            [(none.clone(), counter(events.frag_insert_failed))],
+        )?;
         let flows = shared
             .flow_entries
             .load(std::sync::atomic::Ordering::Relaxed) as f64;

@@ -587,6 +587,8 @@ async fn run_async(options: RunOptions) -> Result<()> {
         flow_entries: config.limits.flow_entries,
         pending_entries: config.limits.pending_entries,
         pin_dir: Some(options.pin_dir.clone()),
+        // The program's diagnostics cost nothing unless the log shows them.
+        kernel_log: tracing::enabled!(target: "exfw::kernel", tracing::Level::DEBUG),
         ..Default::default()
     })?;
     // A start over pinned state is held to what that state protects, as a reload is to the
@@ -611,6 +613,7 @@ async fn run_async(options: RunOptions) -> Result<()> {
     let mut events = dataplane
         .take_event_ring()
         .context("the drop-event ring is missing")?;
+    let mut kernel_log = dataplane.take_kernel_log();
     let reader = Dataplane::open_pinned(&options.pin_dir).context("opening the counters")?;
     let adopted = dataplane.generation();
     let flow_capacity = u64::from(
@@ -745,6 +748,9 @@ async fn run_async(options: RunOptions) -> Result<()> {
             }
             _ = tick.tick() => {
                 log_drops(&shared, &mut events, &mut names);
+                if let Some(log) = kernel_log.as_mut() {
+                    log.flush();
+                }
                 // Fed only while no job hangs: a wedged reload or interface check lets systemd
                 // restart exfw, which adopts the pinned policy.
                 if watchdog && job.as_ref().is_none_or(|j| j.started.elapsed() < JOB_HANG) {

@@ -20,6 +20,7 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
+use aya_log_ebpf::debug;
 use exfw_common::{
     CLASS_LOCAL, CLASS_PROTECTED, CLASS_TRUSTED, ClassKeyV4, ClassKeyV6, ClassValue, Counter,
     DropEvent, DropKey, FLOW_REFRESH_NS, FlowKey, FlowValue, FragKey, FragValue, GENERATION_BITS,
@@ -829,6 +830,13 @@ fn route_leaves_via(raw: *mut xdp_md, q: &mut FibParams, ifindex: u32) -> bool {
     let mut rc = unsafe { bpf_fib_lookup(raw as *mut _, q, size, BPF_FIB_LOOKUP_SKIP_NEIGH) };
     if rc < 0 {
         // Older kernels refuse the flag (-EINVAL, before reading the query): ask without it.
+        // SAFETY: a plain counter in the program's global data; races only lose counts.
+        unsafe {
+            let fallbacks = &raw mut EXFW_FIB_FALLBACKS;
+            let n = fallbacks.read_volatile().wrapping_add(1);
+            fallbacks.write_volatile(n);
+            diagnose(DIAG_FIB_FALLBACK, n);
+        }
         q.ifindex = ifindex;
         // SAFETY: as above.
         rc = unsafe { bpf_fib_lookup(raw as *mut _, q, size, 0) };
@@ -987,7 +995,8 @@ fn confirm(key: &FlowKey, p: &FlowValue, pkt: &Packet, ifindex: u32, now: u64) {
         value.ifindex[direction::REPLY] = ifindex;
     }
     if EXFW_FLOWS.insert(key, &value, 0).is_err() {
-        bump_event_stat(event_stat::FLOW_INSERT_FAILED);
+        let slot = event_stat::FLOW_INSERT_FAILED;
+        diagnose(slot, bump_event_stat(slot));
     }
     let _ = EXFW_PENDING.remove(key);
 }
@@ -1030,7 +1039,8 @@ fn open(key: &FlowKey, side: u8, pkt: &Packet, rule: u32, ifindex: u32, now: u64
         seq: [pkt.seq, 0],
     };
     if EXFW_PENDING.insert(key, &value, 0).is_err() {
-        bump_event_stat(event_stat::PENDING_INSERT_FAILED);
+        let slot = event_stat::PENDING_INSERT_FAILED;
+        diagnose(slot, bump_event_stat(slot));
     }
 }
 
@@ -1222,7 +1232,10 @@ fn remember_fragment(pkt: &Packet, reason: Reason, rule: u32, ifindex: u32) {
         ifindex,
         pad2: 0,
     };
-    let _ = EXFW_FRAGS.insert(&key, &value, 0);
+    if EXFW_FRAGS.insert(&key, &value, 0).is_err() {
+        let slot = event_stat::FRAG_INSERT_FAILED;
+        diagnose(slot, bump_event_stat(slot));
+    }
 }
 
 #[inline(always)]
@@ -1246,11 +1259,69 @@ fn follow_fragment(pkt: &Packet, ifindex: u32, d: &mut Decision) -> Reason {
     Reason::FragmentPass
 }
 
+/// Counts an event in its per-CPU slot; the count on this CPU afterwards (0 without the slot).
 #[inline(always)]
-fn bump_event_stat(slot: u32) {
-    if let Some(v) = EXFW_EVSTATS.get_ptr_mut(slot) {
+fn bump_event_stat(slot: u32) -> u64 {
+    match EXFW_EVSTATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *v += 1 };
+        Some(v) => unsafe {
+            *v += 1;
+            *v
+        },
+        None => 0,
+    }
+}
+
+/// Route lookups that had to ask without `BPF_FIB_LOOKUP_SKIP_NEIGH` (kernels before 6.5
+/// refuse the flag): counted for the diagnostic only (racy across CPUs, which costs at most a
+/// few extra lines).
+#[unsafe(no_mangle)]
+static mut EXFW_FIB_FALLBACKS: u64 = 0;
+
+/// The diagnostic of [`EXFW_FIB_FALLBACKS`].
+const DIAG_FIB_FALLBACK: u32 = 0x100;
+
+/// Reports a rare event through aya-log at debug level (the daemon turns the kernel's logging
+/// on only when its own log shows debug for `exfw::kernel`): at the 1st, 2nd, 4th, 8th...
+/// occurrence (`n`, on this CPU), so a flood logs a handful of lines and the counters have
+/// the rest. A subprogram of its own, off the packet path of every other packet.
+#[inline(never)]
+fn diagnose(what: u32, n: u64) {
+    if n == 0 || n & (n - 1) != 0 {
+        return;
+    }
+    match what {
+        event_stat::FLOW_INSERT_FAILED => debug!(
+            &(),
+            "exfw: a confirmed connection could not be written to the connection table (EXFW_FLOWS): its later packets are judged as new ({} on this CPU)",
+            n
+        ),
+        event_stat::PENDING_INSERT_FAILED => debug!(
+            &(),
+            "exfw: a new connection could not be written to the table of unconfirmed connections (EXFW_PENDING): its replies drop ({} on this CPU)",
+            n
+        ),
+        event_stat::FRAG_INSERT_FAILED => debug!(
+            &(),
+            "exfw: a first fragment's verdict could not be written (EXFW_FRAGS): its later fragments drop ({} on this CPU)",
+            n
+        ),
+        event_stat::DROP_STATS_FULL => debug!(
+            &(),
+            "exfw: the per-port drop counters are full (EXFW_DROPS): a drop was counted by reason only ({} on this CPU)",
+            n
+        ),
+        event_stat::SPOOF_STATS_FULL => debug!(
+            &(),
+            "exfw: the per-interface spoofed-source counters are full (EXFW_SPOOFED): a drop was counted by reason only ({} on this CPU)",
+            n
+        ),
+        DIAG_FIB_FALLBACK => debug!(
+            &(),
+            "exfw: the kernel refused a route lookup without the neighbour lookup (BPF_FIB_LOOKUP_SKIP_NEIGH, Linux 6.5 and later): asking with it, at about twice the cost ({} times)",
+            n
+        ),
+        _ => {}
     }
 }
 
@@ -1269,7 +1340,7 @@ fn add_to<K>(map: &PerCpuHashMap<K, Counter>, key: &K, len: u64, full_slot: u32)
                 bytes: len,
             };
             if map.insert(key, &first, BPF_NOEXIST as u64).is_err() {
-                bump_event_stat(full_slot);
+                diagnose(full_slot, bump_event_stat(full_slot));
             }
         }
     }
@@ -1380,7 +1451,9 @@ fn sample(pkt: &Packet, d: &Decision) {
             entry.submit(0);
             bump_event_stat(event_stat::SAMPLED);
         }
-        None => bump_event_stat(event_stat::LOST),
+        None => {
+            bump_event_stat(event_stat::LOST);
+        }
     }
 }
 

@@ -51,8 +51,22 @@ impl Daemon {
         pin_dir: &Path,
         log: &Path,
     ) -> Daemon {
+        Daemon::start_with(wrapper, &[], ns, config, pin_dir, log)
+    }
+
+    /// Starts `exfw run` as [`Daemon::start_under`] does, with `env` added to its environment
+    /// (such as `RUST_LOG`).
+    pub fn start_with(
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        ns: &Namespace,
+        config: &Path,
+        pin_dir: &Path,
+        log: &Path,
+    ) -> Daemon {
         let out = std::fs::File::create(log).expect("daemon log");
         let child = Command::new("nsenter")
+            .envs(env.iter().copied())
             .arg(format!("--net=/run/netns/{}", ns.name()))
             .args(wrapper)
             .arg(exfw_binary())

@@ -356,3 +356,76 @@ fn per_role_drop_series_keep_their_meaning_across_reloads() {
     assert_eq!(series("mailbox"), Some(grown), "{}", scrape(&net.gateway));
     assert_eq!(series("cas"), None);
 }
+
+/// The kernel program's rare diagnostics reach the daemon's log through aya-log: with
+/// `exfw::kernel` at debug, a drop that finds the per-port drop table full (filled here through
+/// its pin, as a flood of distinct keys would) is logged by the XDP program and appears in
+/// exfw's log under that target, beside the counter that moved.
+#[test]
+fn a_kernel_diagnostic_reaches_the_daemon_log() {
+    use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
+    use exfw_common::{Counter, DropKey, Verdict, map_names, proto};
+    require_root();
+    let cleanup = Scratch::new("klog");
+    let config = cleanup.config();
+    let pins = cleanup.pins.clone();
+    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
+    write_config(&config, GATEWAY_CONFIG);
+    let mut daemon = Daemon::start_with(
+        &[],
+        &[("RUST_LOG", "info,exfw::kernel=debug")],
+        &net.gateway,
+        &config,
+        &pins,
+        &cleanup.log("klog"),
+    );
+    wait_until("/readyz", Duration::from_secs(30), || {
+        assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());
+        http_get(&net.gateway, exfw_tests::daemon::METRICS, "/readyz")
+            .is_some_and(|(s, _)| s == 200)
+    });
+    // Fill the per-port drop table with keys of a class that does not exist.
+    let data = MapData::from_pin(pins.join("maps").join(map_names::DROP_STATS)).unwrap();
+    let mut drops: PerCpuHashMap<MapData, DropKey, Counter> =
+        PerCpuHashMap::try_from(Map::PerCpuHashMap(data)).unwrap();
+    let cpus = aya::util::nr_cpus().unwrap();
+    let zero = || PerCpuValues::try_from(vec![Counter::default(); cpus]).unwrap();
+    let mut filled = 0u32;
+    for port in 0..=u16::MAX {
+        let key = DropKey {
+            dst_class: 65_000,
+            port,
+            proto: proto::UDP,
+            verdict: Verdict::Drop as u8,
+            other: 0,
+            pad: 0,
+        };
+        if drops.insert(key, zero(), 0).is_err() {
+            break;
+        }
+        filled += 1;
+    }
+    assert!(
+        filled > 1000 && filled < u32::from(u16::MAX),
+        "the drop table took {filled} keys"
+    );
+    let overflow =
+        || metric(&scrape(&net.gateway), "exfw_drop_stats_overflow_total", &[]).unwrap_or(0.0);
+    let before = overflow();
+    // RDP to the Mailbox server drops; its drop counter has no room.
+    assert!(!connects(&net.outside, 3389));
+    assert!(overflow() > before, "the overflow counter moved");
+    wait_until(
+        "the kernel's diagnostic in the daemon's log",
+        Duration::from_secs(10),
+        || {
+            assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());
+            daemon.log_text().lines().any(|l| {
+                l.contains("exfw::kernel")
+                    && l.contains("the per-port drop counters are full (EXFW_DROPS)")
+            })
+        },
+    );
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait(Duration::from_secs(10)), Some(0));
+}

@@ -50,6 +50,9 @@ fn load() -> Dataplane {
         pending_entries: 1 << 20,
         frag_entries: 1 << 18,
         pin_dir: None,
+        // The program with its diagnostics on must pass every kernel's verifier too (the VM
+        // suites run this one).
+        kernel_log: true,
     })
     .expect("load the XDP program")
 }

@@ -28,7 +28,8 @@ fn dashboard_queries() -> Vec<(String, String)> {
                     .unwrap()
                     .replace("$__rate_interval", "1m")
                     .replace("$__range", "1h")
-                    .replace("$__interval", "15s");
+                    .replace("$__interval", "15s")
+                    .replace("$instance", ".*");
                 (title.clone(), expr)
             })
         })
@@ -50,6 +51,26 @@ fn dashboard_is_a_grafana_dashboard_with_a_datasource_variable() {
     assert!(variables.iter().any(|v| v["type"] == "datasource"
         && v["query"] == "prometheus"
         && v["name"] == "datasource"));
+    // One gateway or several: every query is scoped to the Gateway variable.
+    assert!(variables.iter().any(|v| {
+        v["type"] == "query"
+            && v["name"] == "instance"
+            && v["includeAll"] == true
+            && v["definition"]
+                .as_str()
+                .is_some_and(|d| d.contains("label_values(exfw_build_info, instance)"))
+    }));
+    for panel in d["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            assert_eq!(
+                expr.matches("exfw_").count(),
+                expr.matches(r#"instance=~"$instance""#).count(),
+                "panel {}: every exfw series must be scoped to the gateway variable: {expr}",
+                panel["title"]
+            );
+        }
+    }
     let mut ids = std::collections::BTreeSet::new();
     for panel in d["panels"].as_array().unwrap() {
         assert!(
@@ -88,6 +109,8 @@ fn dashboard_is_a_grafana_dashboard_with_a_datasource_variable() {
         "Config reloads",
         "Policy generation",
         "Flow-table pressure",
+        "Policies in force across gateways",
+        "Policy per gateway",
     ] {
         assert!(titles.contains(&needed), "the dashboard lacks {needed}");
     }
@@ -106,7 +129,23 @@ fn alert_rules_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 5 rules found"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 7 rules found"));
+}
+
+/// The fleet alerts fire as documented: promtool's unit tests of two HA pairs, one drifting.
+#[test]
+fn fleet_alert_rules_pass_their_unit_tests() {
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(repo().join("dashboards/exfw-alerts.test.yml"))
+        .output()
+        .expect("promtool (cargo xtask setup installs prometheus)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Starts the lab on `example`, runs every scenario once, prints the table and checks it: no
