@@ -485,11 +485,16 @@ pub struct Config {
 }
 
 impl Config {
-    /// Every address exfw protects: servers, domain controllers, Lync/Skype servers and
-    /// protected networks (what a reload must not lose by accident).
+    /// Every address exfw protects: servers, domain controllers (unless left unfiltered),
+    /// Lync/Skype servers and protected networks (what a reload must not lose by accident: a
+    /// switch to `domain_controller_access = "unfiltered"` counts as removing the DCs).
     pub fn protected_addresses(&self) -> BTreeSet<IpNet> {
-        let hosts = self
-            .domain_controllers
+        let dcs: &[Host] = if self.organization.domain_controller_access == DcAccess::Unfiltered {
+            &[]
+        } else {
+            &self.domain_controllers
+        };
+        let hosts = dcs
             .iter()
             .chain(&self.lync_servers)
             .chain(&self.protected_networks)
@@ -974,6 +979,12 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
         &lync_servers,
         &protected_networks,
     );
+    if !domain_controllers.is_empty() && raw.organization.domain_controller_access.is_none() {
+        c.warn(
+            raw.organization.exchange.span(),
+            "domain_controller_access is not set: the domain controllers serve the client networks' logons (DNS, Kerberos, LDAP, SMB, RPC), the default since this release; set domain_controller_access = \"clients\" to confirm, or \"exchange-only\" to keep clients away from them",
+        );
+    }
     check_unprotected_sources(
         c,
         &raw,

@@ -530,7 +530,8 @@ pub fn policy_hash(policy: &Policy) -> u64 {
         rule.id = id as u32;
     }
     let policy = &canonical;
-    let slots: Vec<u32> = (0..policy.interfaces.len() as u32).collect();
+    // Every interface present (index 0 would mean absent and leave it out).
+    let slots: Vec<u32> = (1..=policy.interfaces.len() as u32).collect();
     let entries = encode(policy, 0, &slots);
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |data: &[u8]| {
@@ -2337,6 +2338,15 @@ mod tests {
         let mut fewer = compiled.policy.clone();
         fewer.rules.pop();
         assert_ne!(policy_hash(&fewer), hash);
+        // Every interface counts, the first (the Internet's, in the examples) too.
+        for slot in 0..compiled.policy.interfaces.len() {
+            let mut open = compiled.policy.clone();
+            open.interfaces[slot].reverse_path = !open.interfaces[slot].reverse_path;
+            assert_ne!(policy_hash(&open), hash, "interface {slot}");
+            let mut open = compiled.policy.clone();
+            open.interfaces[slot].accepts = crate::policy::Accepts::Any;
+            assert_ne!(policy_hash(&open), hash, "interface {slot}");
+        }
     }
 
     #[test]

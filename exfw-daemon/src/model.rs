@@ -709,7 +709,7 @@ fn unified_messaging(v: ExchangeVersion, out: &mut Vec<Service>) {
         )
     } else {
         (
-            "SIP (Client Access server - Microsoft Unified Messaging Call Router service)\" (on Exchange 2016 the call router runs on the Mailbox server; \"Network ports required for Unified Messaging in Exchange 2016",
+            "SIP (Client Access server - Microsoft Unified Messaging Call Router service)\" (from Exchange 2016 the call router runs on the Mailbox server",
             "SIP (Mailbox server - UM worker process)",
             "RTP (Mailbox server - UM worker process)",
         )
@@ -793,7 +793,14 @@ fn directory_services(out: &mut Vec<Service>) {
         WINDOWS_PORTS,
         "section \"Group Policy\" (\"a client computer must be able to contact a domain controller over the Kerberos, LDAP, SMB, and RPC protocols\"), row \"SMB | TCP | 445\"",
     );
+    // The LDAP client's keep-alive ping and the redirector's reachability check.
+    let ping = Provenance::cite(
+        AD_FIREWALL,
+        "section \"Active Directory\": \"The Microsoft LDAP client uses ICMP ping when a LDAP request is pending for extended time\" (<any> ICMP -> DC IP addr = allow)",
+    );
     for (name, protocol, ports, why) in [
+        ("ad-icmp-echo", proto::ICMP, one(8), ping.clone()),
+        ("ad-icmpv6-echo", proto::ICMPV6, one(128), ping),
         ("ad-dns", udp, one(53), dns.clone()),
         ("ad-dns", tcp, one(53), dns),
         ("ad-kerberos", udp, one(88), kerberos.clone()),

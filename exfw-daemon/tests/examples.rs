@@ -153,6 +153,8 @@ fn exchange2013_without_edge() {
             (client, dc, "tcp", 464, "pass:ad-kpasswd"),
             (client, dc, "tcp", 3269, "pass:ad-gc"),
             (client, dc, "tcp", 49200, "pass:ad-rpc"),
+            (client, dc, "icmp", 8, "pass:ad-icmp-echo"),
+            (EXT, dc, "icmp", 8, "deny"),
             (mgmt, dc, "tcp", 389, "pass:ad-ldap"),
             (client, dc, "tcp", 3389, "deny"),
             (client, dc, "tcp", 5985, "deny"),
@@ -486,6 +488,8 @@ fn exchange2019_with_imap4_and_ipv6() {
             (EXT, mbx1, "tcp", 49152, "deny"),
             // Dual-stack clients reach the domain controllers on both families.
             (client_6, dc1_6, "tcp", 88, "pass:ad-kerberos"),
+            (client_6, dc2_6, "icmp", 128, "pass:ad-icmpv6-echo"),
+            (ext_6, dc2_6, "icmp", 128, "deny"),
             (client, dc2, "udp", 389, "pass:ad-ldap"),
             (client_6, dc2_6, "tcp", 445, "pass:ad-smb"),
             (mgmt_6, dc1_6, "tcp", 636, "pass:ad-ldaps"),
@@ -505,14 +509,20 @@ fn exchange2019_with_imap4_and_ipv6() {
 
 /// The 2016 example with `domain_controller_access` set to `access`.
 fn with_dc_access(access: &str) -> config::Config {
+    with_dc_access_and(access, "")
+}
+
+/// The same, with `extra` appended to the config.
+fn with_dc_access_and(access: &str, extra: &str) -> config::Config {
     let path = example_path("exchange2016-edge.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "unified_messaging = true\n",
-        &format!("unified_messaging = true\ndomain_controller_access = \"{access}\"\n"),
+    let text = std::fs::read_to_string(&path).unwrap() + extra;
+    let text = text.replace(
+        "domain_controller_access = \"clients\"",
+        &format!("domain_controller_access = \"{access}\""),
     );
     let cfg = config::parse(&text, "exchange2016-edge.toml").unwrap();
     assert!(
-        text.contains("domain_controller_access"),
+        text.contains(&format!("domain_controller_access = \"{access}\"")),
         "the example changed shape"
     );
     cfg
@@ -555,6 +565,20 @@ fn domain_controllers_serve_exactly_what_their_access_says() {
             (edge, dc, "udp", 88, "deny"),
         ],
     );
+    // A trust with a partner forest, whose DCs are external: the entry from `external` does
+    // not hand the client networks the DC ports that "exchange-only" keeps from them.
+    judge(
+        "exchange-only with a trust",
+        &with_dc_access_and(
+            "exchange-only",
+            "\n[[allow]]\nname = \"partner-trust\"\nfrom = [\"external\"]\nto = [\"dc\"]\nproto = \"tcp\"\nports = [88]\nreason = \"test: forest trust\"\n",
+        ),
+        &[
+            (EXT, dc, "tcp", 88, "pass:partner-trust"),
+            (client, dc, "tcp", 88, "deny"),
+            (client, dc, "tcp", 445, "deny"),
+        ],
+    );
     let unfiltered = with_dc_access("unfiltered");
     assert!(
         unfiltered
@@ -567,8 +591,8 @@ fn domain_controllers_serve_exactly_what_their_access_says() {
     let bad = std::fs::read_to_string(example_path("exchange2016-edge.toml"))
         .unwrap()
         .replace(
-            "unified_messaging = true\n",
-            "unified_messaging = true\ndomain_controller_access = \"everyone\"\n",
+            "domain_controller_access = \"clients\"",
+            "domain_controller_access = \"everyone\"",
         );
     let error = config::parse(&bad, "bad.toml").unwrap_err().to_string();
     assert!(

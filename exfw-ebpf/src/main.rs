@@ -830,13 +830,7 @@ fn route_leaves_via(raw: *mut xdp_md, q: &mut FibParams, ifindex: u32) -> bool {
     let mut rc = unsafe { bpf_fib_lookup(raw as *mut _, q, size, BPF_FIB_LOOKUP_SKIP_NEIGH) };
     if rc < 0 {
         // Older kernels refuse the flag (-EINVAL, before reading the query): ask without it.
-        // SAFETY: a plain counter in the program's global data; races only lose counts.
-        unsafe {
-            let fallbacks = &raw mut EXFW_FIB_FALLBACKS;
-            let n = fallbacks.read_volatile().wrapping_add(1);
-            fallbacks.write_volatile(n);
-            diagnose(DIAG_FIB_FALLBACK, n);
-        }
+        diagnose(DIAG_FIB_FALLBACK);
         q.ifindex = ifindex;
         // SAFETY: as above.
         rc = unsafe { bpf_fib_lookup(raw as *mut _, q, size, 0) };
@@ -996,7 +990,8 @@ fn confirm(key: &FlowKey, p: &FlowValue, pkt: &Packet, ifindex: u32, now: u64) {
     }
     if EXFW_FLOWS.insert(key, &value, 0).is_err() {
         let slot = event_stat::FLOW_INSERT_FAILED;
-        diagnose(slot, bump_event_stat(slot));
+        bump_event_stat(slot);
+        diagnose(slot);
     }
     let _ = EXFW_PENDING.remove(key);
 }
@@ -1040,7 +1035,8 @@ fn open(key: &FlowKey, side: u8, pkt: &Packet, rule: u32, ifindex: u32, now: u64
     };
     if EXFW_PENDING.insert(key, &value, 0).is_err() {
         let slot = event_stat::PENDING_INSERT_FAILED;
-        diagnose(slot, bump_event_stat(slot));
+        bump_event_stat(slot);
+        diagnose(slot);
     }
 }
 
@@ -1234,7 +1230,8 @@ fn remember_fragment(pkt: &Packet, reason: Reason, rule: u32, ifindex: u32) {
     };
     if EXFW_FRAGS.insert(&key, &value, 0).is_err() {
         let slot = event_stat::FRAG_INSERT_FAILED;
-        diagnose(slot, bump_event_stat(slot));
+        bump_event_stat(slot);
+        diagnose(slot);
     }
 }
 
@@ -1259,35 +1256,43 @@ fn follow_fragment(pkt: &Packet, ifindex: u32, d: &mut Decision) -> Reason {
     Reason::FragmentPass
 }
 
-/// Counts an event in its per-CPU slot; the count on this CPU afterwards (0 without the slot).
 #[inline(always)]
-fn bump_event_stat(slot: u32) -> u64 {
-    match EXFW_EVSTATS.get_ptr_mut(slot) {
+fn bump_event_stat(slot: u32) {
+    if let Some(v) = EXFW_EVSTATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *v += 1 };
+    }
+}
+
+/// Per-CPU counts of each diagnostic since this program was loaded (not pinned: each load
+/// starts from zero), indexed by `event_stat` slot; slot 0 (sampled drops, never diagnosed)
+/// counts route lookups that fell back.
+#[map]
+static EXFW_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(event_stat::SLOTS, 0);
+
+/// Route lookups that had to ask without `BPF_FIB_LOOKUP_SKIP_NEIGH` (kernels before 6.5
+/// refuse the flag).
+const DIAG_FIB_FALLBACK: u32 = event_stat::SAMPLED;
+
+/// Reports a rare event through aya-log at debug level, at its 1st, 2nd, 4th, 8th...
+/// occurrence on this CPU since the program was loaded, so a flood logs a handful of lines
+/// and the counters in EXFW_EVSTATS have the rest. The daemon turns the kernel's logging on
+/// only when its own log shows debug for `exfw::kernel`; otherwise the level is a constant 0
+/// and the verifier removes everything after the first test. A subprogram of its own.
+#[inline(never)]
+fn diagnose(what: u32) {
+    if !aya_log_ebpf::macro_support::level_enabled(aya_log_ebpf::macro_support::Level::Debug) {
+        return;
+    }
+    let n = match EXFW_DIAG.get_ptr_mut(what) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         Some(v) => unsafe {
             *v += 1;
             *v
         },
-        None => 0,
-    }
-}
-
-/// Route lookups that had to ask without `BPF_FIB_LOOKUP_SKIP_NEIGH` (kernels before 6.5
-/// refuse the flag): counted for the diagnostic only (racy across CPUs, which costs at most a
-/// few extra lines).
-#[unsafe(no_mangle)]
-static mut EXFW_FIB_FALLBACKS: u64 = 0;
-
-/// The diagnostic of [`EXFW_FIB_FALLBACKS`].
-const DIAG_FIB_FALLBACK: u32 = 0x100;
-
-/// Reports a rare event through aya-log at debug level (the daemon turns the kernel's logging
-/// on only when its own log shows debug for `exfw::kernel`): at the 1st, 2nd, 4th, 8th...
-/// occurrence (`n`, on this CPU), so a flood logs a handful of lines and the counters have
-/// the rest. A subprogram of its own, off the packet path of every other packet.
-#[inline(never)]
-fn diagnose(what: u32, n: u64) {
-    if n == 0 || n & (n - 1) != 0 {
+        None => return,
+    };
+    if n & (n - 1) != 0 {
         return;
     }
     match what {
@@ -1340,7 +1345,8 @@ fn add_to<K>(map: &PerCpuHashMap<K, Counter>, key: &K, len: u64, full_slot: u32)
                 bytes: len,
             };
             if map.insert(key, &first, BPF_NOEXIST as u64).is_err() {
-                diagnose(full_slot, bump_event_stat(full_slot));
+                bump_event_stat(full_slot);
+                diagnose(full_slot);
             }
         }
     }
@@ -1451,9 +1457,7 @@ fn sample(pkt: &Packet, d: &Decision) {
             entry.submit(0);
             bump_event_stat(event_stat::SAMPLED);
         }
-        None => {
-            bump_event_stat(event_stat::LOST);
-        }
+        None => bump_event_stat(event_stat::LOST),
     }
 }
 

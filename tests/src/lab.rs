@@ -451,7 +451,6 @@ impl Lab {
             LABS.fetch_add(1, Ordering::Relaxed)
         );
         let work = std::env::temp_dir().join(format!("exfw-lab-{id}"));
-        std::fs::create_dir_all(&work)?;
         let pins = PathBuf::from(format!("/sys/fs/bpf/exfw-lab-{id}"));
         let text = std::fs::read_to_string(&options.config)?;
         let name = options.config.display().to_string();
@@ -464,10 +463,13 @@ impl Lab {
             .map(|h| (format!("{}0", h.tag), h.accepts.clone()))
             .collect();
         let lab_config = lab_config(&text, &links)?;
-        let config_path = work.join("exfw.toml");
-        std::fs::write(&config_path, &lab_config)?;
         let cfg = config::parse(&lab_config, &name).map_err(|e| anyhow::anyhow!("{e}"))?;
         let compiled = compile(&cfg)?;
+        // Nothing is created before the organisation is known to fit the lab; from here on
+        // the lab's destructor removes whatever exists.
+        std::fs::create_dir_all(&work)?;
+        let config_path = work.join("exfw.toml");
+        std::fs::write(&config_path, &lab_config)?;
         let origin = format!(
             "{name}: Exchange {}{}{}",
             shape.version.name(),
@@ -1246,14 +1248,34 @@ impl Lab {
     }
 
     /// TCP connects from `from` to every port a domain controller serves.
-    fn dc_ports(from: &Host, dc: &Host) -> Seen {
-        let connected = DC_PORTS
+    /// TCP connects from `from` to every port a domain controller serves, each held to its
+    /// own expectation (`expected[i]`: port i passes): the row agrees with the table only when
+    /// every port did what the reference classifier says.
+    fn dc_ports(from: &Host, dc: &Host, expected: &[bool]) -> Seen {
+        let observed: Vec<bool> = DC_PORTS
             .iter()
-            .filter(|p| Self::connect(&from.ns, &from.v4, &dc.v4, **p).passed)
-            .count();
+            .map(|p| Self::connect(&from.ns, &from.v4, &dc.v4, *p).passed)
+            .collect();
+        let connected = observed.iter().filter(|o| **o).count();
+        let unlike: Vec<String> = DC_PORTS
+            .iter()
+            .zip(observed.iter().zip(expected))
+            .filter(|(_, (o, e))| o != e)
+            .map(|(p, (o, _))| format!("{p} {}", if *o { "passed" } else { "dropped" }))
+            .collect();
+        let all_expected = expected.iter().all(|e| *e);
+        let mut detail = format!("{connected}/{} ports connected", DC_PORTS.len());
+        if !unlike.is_empty() {
+            detail += &format!("; unlike the reference: {}", unlike.join(", "));
+        }
+        // A port that behaved otherwise turns the row against its expectation.
         Seen::new(
-            connected == DC_PORTS.len(),
-            format!("{connected}/{} ports connected", DC_PORTS.len()),
+            if unlike.is_empty() {
+                all_expected
+            } else {
+                !all_expected
+            },
+            detail,
         )
     }
 
@@ -1534,15 +1556,22 @@ impl Lab {
                     .collect();
                 self.expect_all(&refs)
             };
+            let each = |from: &str| -> Vec<bool> {
+                DC_PORTS
+                    .iter()
+                    .map(|p| self.expect(from, &dc.v4, tcp, *p) == "pass")
+                    .collect()
+            };
+            let (from_transport, from_client) = (each(&transport.v4), each(client));
             list.push((
                 format!("{t_tag} <-> domain controller: Kerberos, RPC, LDAP, SMB, kpasswd, LDAPS, GC, dynamic RPC"),
                 all(steps(&transport.v4)),
-                Box::new(move || Self::dc_ports(transport, dc)),
+                Box::new(move || Self::dc_ports(transport, dc, &from_transport)),
             ));
             list.push((
                 "Domain logon from a client: Kerberos, RPC, LDAP, SMB, kpasswd, LDAPS, GC, dynamic RPC".into(),
                 all(steps(client)),
-                Box::new(move || Self::dc_ports(clients, dc)),
+                Box::new(move || Self::dc_ports(clients, dc, &from_client)),
             ));
             list.push((
                 "DC locator ping (CLDAP, UDP 389) from a client".into(),

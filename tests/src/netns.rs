@@ -431,9 +431,10 @@ pub fn remove_stale() {
     };
     for line in String::from_utf8_lossy(&list.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
+        // exfw-<role>-<pid>-<n>, where the role may hold dashes itself (lab-gw).
         let pid = name
             .strip_prefix("exfw-")
-            .and_then(|rest| rest.split('-').nth(1))
+            .and_then(|rest| rest.rsplit('-').nth(1))
             .and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid
             && !std::path::Path::new(&format!("/proc/{pid}")).exists()

@@ -181,6 +181,31 @@ fn run_example(example: &str) -> (Lab, Vec<exfw_tests::lab::Row>) {
         rows.iter().all(|r| r.counter != "none"),
         "{example}: every scenario must move an exfw counter"
     );
+    // The table agrees with the reference classifier; what the reference must say of these is
+    // fixed here, so a model that let an attacker through cannot agree its way past the test.
+    for row in &rows {
+        let s = row.scenario.as_str();
+        let must_drop = s.starts_with("Attacker")
+            || s.contains("from the Internet to the domain controller")
+            || s.starts_with("RDP 3389 from the Internet")
+            || s.starts_with("SMB 445 from the Internet")
+            || s.starts_with("EdgeSync 50636 from the Internet")
+            || s.starts_with("Edge -> domain controller")
+            || s.starts_with("UM: SIP from the Internet")
+            || s.starts_with("MAPI/RPC endpoint mapper from the Internet");
+        let must_pass = s.starts_with("HTTPS (OWA")
+            || s.starts_with("Inbound mail")
+            || s.starts_with("Authenticated submission")
+            || s.starts_with("Domain logon from a client")
+            || s.starts_with("UM: a call from the IP gateway")
+            || s.starts_with("Outlook MAPI/RPC from a client");
+        let wrong = (must_drop && row.expected != "drop") || (must_pass && row.expected != "pass");
+        assert!(
+            !wrong,
+            "{example}: `{s}` is expected to {}, which the model must not allow",
+            row.expected
+        );
+    }
     (lab, rows)
 }
 

@@ -210,14 +210,12 @@ pub fn compile(config: &Config) -> Result<Compiled, PolicyError> {
     }
     for allow in &config.allows {
         let mut sources = BTreeSet::new();
+        let mut from_external = false;
         for from in &allow.from {
             match from {
                 Endpoint::Role(role) => {
                     sources.extend(roles_of(*role));
-                    // Internal clients get at least what the Internet gets.
-                    if *role == Role::External {
-                        sources.extend(roles_of(Role::Clients));
-                    }
+                    from_external |= *role == Role::External;
                 }
                 Endpoint::Prefix(net) => {
                     sources.insert(derived_ids[net]);
@@ -226,6 +224,12 @@ pub fn compile(config: &Config) -> Result<Compiled, PolicyError> {
         }
         let why = Provenance::config(format!("[[allow]] `{}`: {}", allow.name, allow.reason));
         for to in &allow.to {
+            // Internal clients get at least what the Internet gets, except towards the domain
+            // controllers, whose client access `domain_controller_access` decides.
+            let mut sources = sources.clone();
+            if from_external && *to != Role::Dc {
+                sources.extend(roles_of(Role::Clients));
+            }
             for dst in roles_of(*to) {
                 for (first, last) in &allow.ports {
                     rules.add(
