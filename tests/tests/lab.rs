@@ -116,36 +116,31 @@ fn dashboard_is_a_grafana_dashboard_with_a_datasource_variable() {
     }
 }
 
-#[test]
-fn alert_rules_pass_promtool() {
+/// Runs `promtool` on a file of dashboards/ and returns its output; fails unless it succeeds.
+fn promtool(args: &[&str], file: &str) -> String {
     let out = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(repo().join("dashboards/exfw-alerts.yml"))
+        .args(args)
+        .arg(repo().join("dashboards").join(file))
         .output()
         .expect("promtool (cargo xtask setup installs prometheus)");
-    assert!(
-        out.status.success(),
+    let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 7 rules found"));
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    assert!(promtool(&["check", "rules"], "exfw-alerts.yml").contains("SUCCESS: 7 rules found"));
 }
 
 /// The fleet alerts fire as documented: promtool's unit tests of two HA pairs, one drifting.
 #[test]
 fn fleet_alert_rules_pass_their_unit_tests() {
-    let out = Command::new("promtool")
-        .args(["test", "rules"])
-        .arg(repo().join("dashboards/exfw-alerts.test.yml"))
-        .output()
-        .expect("promtool (cargo xtask setup installs prometheus)");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool(&["test", "rules"], "exfw-alerts.test.yml");
 }
 
 /// Starts the lab on `example`, runs every scenario once, prints the table and checks it: no
