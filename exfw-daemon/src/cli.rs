@@ -561,9 +561,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     tracing::error!("exfw could not start: {e:#}");
                     // A refused start is final: the unit does not restart it
                     // (RestartPreventExitStatus), the operator fixes the config.
-                    let refused = e.chain().any(|e| e.is::<crate::reload::Refusal>());
+                    let refused = e.chain().any(|e| e.is::<reload::Refusal>());
                     Ok(ExitCode::from(if refused {
-                        crate::reload::EXIT_REFUSED
+                        reload::EXIT_REFUSED
                     } else {
                         1
                     }))

@@ -393,12 +393,10 @@ impl Prober {
             std::thread::spawn(move || {
                 let file = std::fs::File::open(path).unwrap();
                 // SAFETY: this thread is ours; it stays in the outside namespace.
-                assert_eq!(
-                    unsafe {
-                        libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
-                    },
-                    0
-                );
+                let rc = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
+                };
+                assert_eq!(rc, 0);
                 let mut count = ProbeCount::default();
                 while !stop.load(Ordering::Relaxed) || count.rounds < 3 {
                     for port in [3389u16, 443] {
@@ -451,7 +449,7 @@ pub fn pin_foreign_drop_map(pins: &Path) {
             libc::SYS_bpf,
             BPF_MAP_CREATE,
             attr.as_ptr(),
-            std::mem::size_of_val(&attr),
+            size_of_val(&attr),
         )
     };
     assert!(
@@ -465,14 +463,7 @@ pub fn pin_foreign_drop_map(pins: &Path) {
     pin[0] = name.as_ptr() as u64;
     pin[1] = fd as u64;
     // SAFETY: pin is a zeroed bpf_attr of the size passed; name outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            pin.as_ptr(),
-            std::mem::size_of_val(&pin),
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, pin.as_ptr(), size_of_val(&pin)) };
     let pinned = std::io::Error::last_os_error();
     // SAFETY: closing the descriptor created above; the pin keeps the map.
     unsafe { libc::close(fd as i32) };

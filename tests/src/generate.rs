@@ -1212,7 +1212,7 @@ pub fn config(rng: &mut StdRng) -> exfw_daemon::config::Config {
         Management::default()
     };
     Config {
-        mode: exfw_daemon::policy::Mode::Enforce,
+        mode: Mode::Enforce,
         organization: Organization {
             exchange,
             edge_subscribed: edges > 0,

@@ -1770,7 +1770,7 @@ impl Lab {
     fn expect_sequence(&self, steps: &[(&str, &str, u16, &str, u16)]) -> &'static str {
         let mut routes = Routes::assume_ingress();
         for (_, src, ..) in steps {
-            routes.add(ipnet::IpNet::from(ip(src)), self.home_link(src));
+            routes.add(IpNet::from(ip(src)), self.home_link(src));
         }
         let mut reference = Reference::new(self.compiled.policy.clone(), routes);
         let mut last = None;
@@ -1826,7 +1826,7 @@ impl Lab {
     /// to the source leaves through the source's own link).
     fn expect_on(&self, iface: &str, src: &str, dst: &str, p: u8, port: u16) -> &'static str {
         let mut routes = Routes::assume_ingress();
-        routes.add(ipnet::IpNet::from(ip(src)), self.home_link(src));
+        routes.add(IpNet::from(ip(src)), self.home_link(src));
         let out = Reference::new(self.compiled.policy.clone(), routes).classify(
             &probe::frame(ip(src), ip(dst), p, port, true),
             iface,

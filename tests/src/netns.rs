@@ -139,7 +139,7 @@ impl Namespace {
         let dev = std::ffi::CString::new(dev).unwrap();
         self.run(|| {
             let (socket, mut addr) = packet_socket(&dev, 0);
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+            let fd = socket.as_raw_fd();
             addr.sll_halen = 6;
             // SAFETY: sends from buffers we own on a descriptor we own.
             unsafe {
@@ -232,7 +232,7 @@ impl Namespace {
         let dev = std::ffi::CString::new(dev).unwrap();
         self.run(|| {
             let (socket, addr) = packet_socket(&dev, (libc::ETH_P_ALL as u16).to_be());
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+            let fd = socket.as_raw_fd();
             // SAFETY: binds and configures a descriptor we own, from values we own.
             unsafe {
                 let rc = libc::bind(
@@ -271,7 +271,7 @@ impl Sniffer {
             // SAFETY: reading into buffers we own, from a descriptor we own.
             let n = unsafe {
                 libc::recvfrom(
-                    std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                    self.fd.as_raw_fd(),
                     buf.as_mut_ptr().cast(),
                     buf.len(),
                     0,

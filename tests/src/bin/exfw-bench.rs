@@ -393,6 +393,7 @@ fn daemon_rows() -> Vec<(String, String, f64, f64)> {
                 .filter(|l| !l.starts_with('#') && !l.is_empty())
                 .count();
         });
+        // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         child.wait().unwrap();
         std::process::Command::new(&exfw)
