@@ -341,7 +341,13 @@ impl Scratch {
 
     /// Starts `exfw run` in `ns` with this scratch's config and pins, and waits for /readyz.
     pub fn start_ready(&self, ns: &Namespace, log: &str) -> Daemon {
-        let mut daemon = Daemon::start(ns, &self.config(), &self.pins, &self.log(log));
+        self.start_ready_with(ns, log, &[])
+    }
+
+    /// [`Scratch::start_ready`] with `env` added to the daemon's environment.
+    pub fn start_ready_with(&self, ns: &Namespace, log: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut daemon =
+            Daemon::start_with(&[], env, ns, &self.config(), &self.pins, &self.log(log));
         wait_until("/readyz", Duration::from_secs(30), || {
             assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());
             http_get(ns, METRICS, "/readyz").is_some_and(|(s, _)| s == 200)

@@ -371,19 +371,11 @@ fn a_kernel_diagnostic_reaches_the_daemon_log() {
     let pins = cleanup.pins.clone();
     let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
     write_config(&config, GATEWAY_CONFIG);
-    let mut daemon = Daemon::start_with(
-        &[],
-        &[("RUST_LOG", "info,exfw::kernel=debug")],
+    let mut daemon = cleanup.start_ready_with(
         &net.gateway,
-        &config,
-        &pins,
-        &cleanup.log("klog"),
+        "klog",
+        &[("RUST_LOG", "info,exfw::kernel=debug")],
     );
-    wait_until("/readyz", Duration::from_secs(30), || {
-        assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());
-        http_get(&net.gateway, exfw_tests::daemon::METRICS, "/readyz")
-            .is_some_and(|(s, _)| s == 200)
-    });
     // Fill the per-port drop table with keys of a class that does not exist.
     let data = MapData::from_pin(pins.join("maps").join(map_names::DROP_STATS)).unwrap();
     let mut drops: PerCpuHashMap<MapData, DropKey, Counter> =
