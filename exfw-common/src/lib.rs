@@ -1,11 +1,15 @@
-//! The contract between the exfw XDP program and its daemon: map names, limits, key and value
-//! layouts, verdict and reason codes, and the protocol constants both halves read packets by.
-//! Nothing else lives here.
+//! The contract between the exfw XDP program and its daemon, and the vocabulary every layer
+//! above shares: map names, limits, key and value layouts, verdict and reason codes, the
+//! protocol constants both halves read packets by, and (in [`vocabulary`]) modes, roles and port
+//! ranges with their one spelling. Nothing else lives here.
 //!
 //! Every type is `#[repr(C)]` with explicit padding so the kernel and userspace agree byte for
 //! byte. Multi-byte fields of LPM keys are big-endian byte arrays because the trie matches bits
 //! from the first byte on; everything else is in host order.
 #![no_std]
+
+pub mod vocabulary;
+pub use vocabulary::{AttachMode, AttachedMode, Mode, PortRange, Role};
 
 /// Names of the maps in the eBPF object (the daemon looks them up by these names).
 pub mod map_names {
@@ -223,6 +227,11 @@ pub mod proto {
             .into_iter()
             .find(|p| self::name(*p) == Some(name))
     }
+
+    /// A protocol as configs and `simulate` take it: a name or a number.
+    pub fn parse(text: &str) -> Option<u8> {
+        by_name(text).or_else(|| text.parse().ok())
+    }
 }
 
 /// Address family tags used in flow and fragment keys and events.
@@ -377,6 +386,16 @@ impl Verdict {
             Verdict::Pass => "pass",
             Verdict::Drop => "drop",
             Verdict::WouldDrop => "would_drop",
+        }
+    }
+
+    /// The verdict a drop record (counter key or event) carries: would-drop under audit, drop
+    /// otherwise.
+    pub const fn of_drop(code: u8) -> Verdict {
+        if code == Verdict::WouldDrop as u8 {
+            Verdict::WouldDrop
+        } else {
+            Verdict::Drop
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::{
     config,
     dataplane::{self, DEFAULT_PIN_DIR, Dataplane},
     policy::{
-        ANY_INTERFACE, Accepts, Compiled, Policy, Reference, Routes, compile,
+        ANY_INTERFACE, Accepts, Compiled, Policy, Reference, Routes, compile, encode,
         export::{
             ExplainFormat, NftChains, nftables_chains, ports_text, proto_name, render_explain,
         },
@@ -468,11 +468,7 @@ fn status(pin_dir: &std::path::Path, format: StatusFormat) -> Result<ExitCode> {
         *totals.entry(v).or_default() += c.packets;
         reasons.push((format!("{v}/{}", reason.name()), c.packets));
     }
-    let mode = if state.mode == crate::policy::Mode::Audit {
-        "audit"
-    } else {
-        "enforce"
-    };
+    let mode = state.mode.name();
     let age = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -627,8 +623,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             for w in &cfg.warnings {
                 eprintln!("warning: {w}");
             }
-            let tables = dataplane::policy_table_use(&compiled.policy);
-            let full: Vec<&dataplane::TableUse> = tables.iter().filter(|t| !t.fits()).collect();
+            let tables = encode::policy_table_use(&compiled.policy);
+            let full: Vec<&encode::TableUse> = tables.iter().filter(|t| !t.fits()).collect();
             for t in &full {
                 eprintln!(
                     "{}: the policy needs {} {}, more than the {} one generation may take (the kernel table holds the running policy and the new one during a reload): split the config or use wider prefixes",
@@ -646,10 +642,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             println!("{}: valid", path.display());
-            let mode = match cfg.mode {
-                crate::policy::Mode::Enforce => "enforce",
-                crate::policy::Mode::Audit => "audit",
-            };
+            let mode = cfg.mode.name();
             println!(
                 "  Exchange {}, mode {mode}, Edge subscribed: {}",
                 cfg.organization.exchange.name(),

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{dataplane::AttachMode, model::Role, policy::Mode};
+use exfw_common::{AttachMode, Mode, Role, proto};
 
 /// The configuration format this build reads.
 pub const CONFIG_VERSION: i64 = 1;
@@ -108,6 +108,26 @@ impl ExchangeVersion {
     /// 2016 and later serve client access on the Mailbox role.
     pub fn client_access_on_mailbox(self) -> bool {
         self >= ExchangeVersion::V2016
+    }
+
+    /// Why the server role `role` does not exist in this version, if it does not.
+    pub fn role_missing(self, role: Role) -> Option<String> {
+        match role {
+            Role::Cas if self.client_access_on_mailbox() => Some(format!(
+                "Exchange {} has no separate Client Access role: client access runs on the Mailbox role; use \"mailbox\"",
+                self.name()
+            )),
+            Role::Hub | Role::Um if self != ExchangeVersion::V2010 => Some(format!(
+                "the {} role exists only up to Exchange 2010; in Exchange {} it runs on the Mailbox role; use \"mailbox\"",
+                if role == Role::Hub {
+                    "Hub Transport"
+                } else {
+                    "Unified Messaging"
+                },
+                self.name()
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -742,19 +762,18 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
             ),
         );
     }
-    let mode = match raw.mode.get_ref().as_str() {
-        "enforce" => Mode::Enforce,
-        "audit" => Mode::Audit,
-        other => {
-            c.error(
-                raw.mode.span(),
-                format!(
-                    "mode `{other}` is unknown: use \"audit\" (count, never drop) or \"enforce\""
-                ),
-            );
-            Mode::Audit
-        }
-    };
+    let mode = Mode::from_name(raw.mode.get_ref()).unwrap_or_else(|| {
+        c.error(
+            raw.mode.span(),
+            format!(
+                "mode `{}` is unknown: use \"{}\" (count, never drop) or \"{}\"",
+                raw.mode.get_ref(),
+                Mode::Audit.name(),
+                Mode::Enforce.name()
+            ),
+        );
+        Mode::Audit
+    });
     let organization = validate_organization(c, &raw);
     let version = organization.exchange;
 
@@ -774,7 +793,7 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
         for r in s.roles.get_ref() {
             match Role::server_role(r.get_ref()) {
                 Some(role) => {
-                    if let Some(problem) = role.unavailable_in(version) {
+                    if let Some(problem) = version.role_missing(role) {
                         c.error(
                             r.span(),
                             format!("server `{}`: {problem}", s.name.get_ref()),
@@ -1116,21 +1135,21 @@ fn validate_interface(c: &mut Checker, i: &RawInterface) -> Interface {
             format!("{name:?} is not an interface name exfw accepts: 1 to 15 letters, digits, '.', '_' or '-', starting with a letter or digit"),
         );
     }
-    let mode = match i
-        .xdp_mode
-        .as_ref()
-        .map(|m| (m.get_ref().as_str(), m.span()))
-    {
-        None | Some(("auto", _)) => AttachMode::Auto,
-        Some(("driver", _)) => AttachMode::Driver,
-        Some(("skb", _)) => AttachMode::Skb,
-        Some((other, span)) => {
+    let mode = match &i.xdp_mode {
+        None => AttachMode::Auto,
+        Some(m) => AttachMode::from_name(m.get_ref()).unwrap_or_else(|| {
             c.error(
-                span,
-                format!("xdp_mode `{other}` is unknown: use \"auto\", \"driver\" or \"skb\""),
+                m.span(),
+                format!(
+                    "xdp_mode `{}` is unknown: use \"{}\", \"{}\" or \"{}\"",
+                    m.get_ref(),
+                    AttachMode::Auto.name(),
+                    AttachMode::Driver.name(),
+                    AttachMode::Skb.name()
+                ),
             );
             AttachMode::Auto
-        }
+        }),
     };
     let reverse_path = match i
         .reverse_path
@@ -1531,17 +1550,6 @@ fn validate_management(
     }
 }
 
-/// IP protocol numbers by name.
-pub fn proto_number(name: &str) -> Option<u8> {
-    match name {
-        "tcp" => Some(6),
-        "udp" => Some(17),
-        "icmp" => Some(1),
-        "icmpv6" => Some(58),
-        other => other.parse().ok(),
-    }
-}
-
 fn validate_allow(
     c: &mut Checker,
     a: &RawAllow,
@@ -1592,7 +1600,7 @@ fn validate_allow(
     if a.to.get_ref().is_empty() {
         c.error(a.to.span(), format!("allow `{name}`: to is empty"));
     }
-    let proto = proto_number(a.proto.get_ref()).unwrap_or_else(|| {
+    let proto = proto::parse(a.proto.get_ref()).unwrap_or_else(|| {
         c.error(
             a.proto.span(),
             format!(

@@ -18,17 +18,23 @@ use aya::{
         xdp::XdpLink,
     },
 };
+pub use exfw_common::{AttachMode, AttachedMode};
 use exfw_common::{
-    CLASS_EXTERNAL, CLASS_LOCAL, CLASS_PROTECTED, CLASS_TRUSTED, ClassKeyV4, ClassKeyV6,
-    ClassValue, Counter, DropEvent, DropKey, FlowKey, FlowValue, GENERATION_BITS,
-    IFACE_ACCEPTS_EXTERNAL, IFACE_REVERSE_PATH, IfaceKey, IfaceValue, MODE_AUDIT, MODE_ENFORCE,
-    PortKey, RULE_KEY_FIXED_BITS, Reason, RuleKey, RuleStats, RuleValue, SpoofKey, Verdict, config,
-    event_stat, limits, map_names, program_names, reason_index,
+    CLASS_EXTERNAL, CLASS_PROTECTED, ClassKeyV4, ClassKeyV6, ClassValue, Counter, DropEvent,
+    DropKey, FlowKey, FlowValue, GENERATION_BITS, IFACE_ACCEPTS_EXTERNAL, IfaceKey, IfaceValue,
+    PortKey, Reason, RuleKey, RuleStats, RuleValue, SpoofKey, Verdict, config, event_stat, limits,
+    map_names, program_names, reason_index,
 };
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use crate::policy::{Compiled, Counters, Mode, Policy, PolicyError, PortRange, Protection, Rule};
+use crate::policy::{
+    Compiled, Counters, Mode, Policy, PolicyError, Protection,
+    encode::{
+        IdPlan, MapEntries, Prefixed, class_identities, encode, plan_ids, policy_hash,
+        rule_identities, table_use,
+    },
+};
 
 /// Something the data plane could not do.
 #[derive(Debug, thiserror::Error)]
@@ -422,48 +428,6 @@ fn wait_for_running_programs() -> bool {
     unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0 }
 }
 
-/// How to attach to an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum AttachMode {
-    /// Driver (native) mode, falling back to skb (generic) mode where the driver refuses.
-    #[default]
-    Auto,
-    /// Driver mode or fail.
-    Driver,
-    /// Generic mode, which every interface supports at a higher cost.
-    Skb,
-}
-
-impl AttachMode {
-    /// The spelling used in the config file.
-    pub fn name(self) -> &'static str {
-        match self {
-            AttachMode::Auto => "auto",
-            AttachMode::Driver => "driver",
-            AttachMode::Skb => "skb",
-        }
-    }
-}
-
-/// The mode an attachment got.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum AttachedMode {
-    /// Native XDP in the driver.
-    Driver,
-    /// Generic XDP in the network stack.
-    Skb,
-}
-
-impl AttachedMode {
-    /// "driver" or "skb".
-    pub fn name(self) -> &'static str {
-        match self {
-            AttachedMode::Driver => "driver",
-            AttachedMode::Skb => "skb",
-        }
-    }
-}
-
 /// What the config map says about the policy in force.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PolicyState {
@@ -475,99 +439,6 @@ pub struct PolicyState {
     pub hash: u64,
     /// Unix seconds when it was written.
     pub applied_at: u64,
-}
-
-/// 64-bit FNV-1a: stable across builds and platforms, unlike std's hasher.
-fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// A stable 64-bit FNV-1a hash of what the policy means (same config, same hash, on any
-/// gateway and any build): its encoding with interfaces by slot and name rather than index,
-/// classes numbered in the order of their names and rules in the order of their content rather
-/// than by the ids and counter slots a gateway's reload history gave them.
-pub fn policy_hash(policy: &Policy) -> u64 {
-    fn bytes<T: aya::Pod>(value: &T) -> &[u8] {
-        // SAFETY: Pod types are plain bytes.
-        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
-    }
-    let mut canonical = policy.clone();
-    // Classes numbered in the order of their names, not by the ids a gateway's history gave
-    // them; then rules in the order of their content.
-    let mut names: Vec<(&str, u16)> = policy
-        .classes
-        .iter()
-        .map(|c| (c.name.as_str(), c.id))
-        .collect();
-    names.sort_unstable();
-    let by_name: BTreeMap<u16, u16> = names
-        .iter()
-        .enumerate()
-        .map(|(i, (_, id))| (*id, i as u16 + 1))
-        .collect();
-    canonical.renumber_classes(&by_name);
-    canonical.rules.sort_by(|a, b| {
-        (
-            &a.service,
-            a.dst_class,
-            &a.src_classes,
-            a.proto,
-            a.ports.first,
-            a.ports.last,
-        )
-            .cmp(&(
-                &b.service,
-                b.dst_class,
-                &b.src_classes,
-                b.proto,
-                b.ports.first,
-                b.ports.last,
-            ))
-    });
-    for (id, rule) in canonical.rules.iter_mut().enumerate() {
-        rule.id = id as u32;
-    }
-    let policy = &canonical;
-    // Every interface present (index 0 would mean absent and leave it out).
-    let slots: Vec<u32> = (1..=policy.interfaces.len() as u32).collect();
-    let entries = encode(policy, 0, &slots);
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |data: &[u8]| {
-        for b in data {
-            hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    for (k, v) in &entries.class_v4 {
-        eat(&k.prefix_len().to_le_bytes());
-        eat(bytes(&k.data()));
-        eat(bytes(v));
-    }
-    for (k, v) in &entries.class_v6 {
-        eat(&k.prefix_len().to_le_bytes());
-        eat(bytes(&k.data()));
-        eat(bytes(v));
-    }
-    for (k, v) in &entries.rules {
-        eat(&k.prefix_len().to_le_bytes());
-        eat(bytes(&k.data()));
-        eat(bytes(v));
-    }
-    for ((k, v), iface) in entries.ifaces.iter().zip(&policy.interfaces) {
-        eat(bytes(k));
-        eat(bytes(v));
-        eat(iface.name.as_bytes());
-        eat(&[0]);
-    }
-    let t = &policy.timeouts;
-    for d in [
-        t.tcp, t.udp, t.other, t.fragment, t.pending, t.tcp_fin, t.tcp_rst,
-    ] {
-        eat(&d.as_nanos().to_le_bytes());
-    }
-    eat(&[policy.mode as u8]);
-    hash
 }
 
 /// Counters of the drop-event sampler and of table pressure.
@@ -589,251 +460,6 @@ pub struct EventStats {
     pub spoof_stats_full: u64,
     /// First fragments whose verdict could not be written.
     pub frag_insert_failed: u64,
-}
-
-/// The map entries that encode one policy generation.
-#[derive(Clone, Default)]
-pub struct MapEntries {
-    /// IPv4 class prefixes.
-    pub class_v4: Vec<(Key<ClassKeyV4>, ClassValue)>,
-    /// IPv6 class prefixes.
-    pub class_v6: Vec<(Key<ClassKeyV6>, ClassValue)>,
-    /// Rule prefixes, disjoint within each (dst class, src class, proto).
-    pub rules: Vec<(Key<RuleKey>, RuleValue)>,
-    /// The (protocol, port) pairs rules name.
-    pub ports: Vec<PortKey>,
-    /// The interfaces, in the policy's order.
-    pub ifaces: Vec<(IfaceKey, IfaceValue)>,
-}
-
-/// One kernel table's use by a policy, against the room one generation has there.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TableUse {
-    /// What the table holds, as `exfw check` names it.
-    pub table: &'static str,
-    /// Entries the policy takes.
-    pub used: usize,
-    /// Entries one generation may take: half of the table, because the running generation
-    /// stays until the new one is in force.
-    pub room: usize,
-}
-
-impl TableUse {
-    /// Whether the policy fits.
-    pub fn fits(&self) -> bool {
-        self.used <= self.room
-    }
-}
-
-/// What `entries` (one generation of a policy with `rules` rules and `classes` classes) takes
-/// in each kernel table, against the room each generation has.
-pub fn table_use(entries: &MapEntries, rules: usize, classes: usize) -> Vec<TableUse> {
-    let half = |n: u32| n as usize / 2;
-    vec![
-        TableUse {
-            table: "IPv4 prefixes",
-            used: entries.class_v4.len(),
-            room: half(limits::MAX_CLASS_PREFIXES),
-        },
-        TableUse {
-            table: "IPv6 prefixes",
-            used: entries.class_v6.len(),
-            room: half(limits::MAX_CLASS_PREFIXES),
-        },
-        TableUse {
-            table: "rule entries",
-            used: entries.rules.len(),
-            room: half(limits::MAX_RULE_ENTRIES),
-        },
-        TableUse {
-            table: "rule ids (counter slots)",
-            used: rules,
-            room: half(limits::MAX_RULES),
-        },
-        TableUse {
-            table: "ports",
-            used: entries.ports.len(),
-            room: limits::MAX_POLICY_PORTS as usize,
-        },
-        TableUse {
-            table: "interfaces",
-            used: entries.ifaces.len(),
-            room: limits::MAX_INTERFACES as usize,
-        },
-        TableUse {
-            table: "address classes",
-            used: classes,
-            room: limits::MAX_CLASSES as usize,
-        },
-    ]
-}
-
-/// What `policy` takes in each kernel table (encoded as the data plane would, one interface
-/// index per configured interface).
-pub fn policy_table_use(policy: &Policy) -> Vec<TableUse> {
-    let ifindexes: Vec<u32> = (1..=policy.interfaces.len() as u32).collect();
-    table_use(
-        &encode(policy, 1, &ifindexes),
-        policy.rules.len(),
-        policy.classes.len(),
-    )
-}
-
-/// Encodes `policy` as map entries under `generation`; `ifindexes[i]` is the index of
-/// `policy.interfaces[i]`, whose slot (bit in the classes' ingress masks) is `i`.
-///
-/// Rules that overlap on the same (destination, source, protocol) are split so the entries are
-/// disjoint and each port maps to the narrowest matching rule (lowest id on a tie): the same
-/// choice as [`Policy::matching_rule`].
-pub fn encode(policy: &Policy, generation: u32, ifindexes: &[u32]) -> MapEntries {
-    let gen_bytes = generation.to_be_bytes();
-    let mut out = MapEntries::default();
-    for (slot, (iface, ifindex)) in policy.interfaces.iter().zip(ifindexes).enumerate() {
-        if *ifindex == 0 {
-            // Not present now: nothing arrives there (re-encoded when it appears).
-            continue;
-        }
-        let mut flags = 0;
-        if iface.reverse_path {
-            flags |= IFACE_REVERSE_PATH;
-        }
-        if iface.accepts.accepts(CLASS_EXTERNAL) {
-            flags |= IFACE_ACCEPTS_EXTERNAL;
-        }
-        out.ifaces.push((
-            IfaceKey {
-                generation,
-                ifindex: *ifindex,
-            },
-            IfaceValue {
-                slot: slot as u8,
-                flags,
-                pad: [0; 2],
-            },
-        ));
-    }
-    for class in &policy.classes {
-        let ingress = policy
-            .interfaces
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| i.accepts.accepts(class.id))
-            .fold(0u64, |mask, (slot, _)| mask | (1 << slot));
-        let value = ClassValue {
-            class: class.id,
-            flags: if class.protected { CLASS_PROTECTED } else { 0 }
-                | if class.trusted { CLASS_TRUSTED } else { 0 }
-                | if class.local { CLASS_LOCAL } else { 0 },
-            pad: 0,
-            ingress,
-        };
-        for prefix in &class.prefixes {
-            match prefix.trunc() {
-                IpNet::V4(net) => out.class_v4.push((
-                    Key::new(
-                        GENERATION_BITS + u32::from(net.prefix_len()),
-                        ClassKeyV4 {
-                            generation: gen_bytes,
-                            addr: net.addr().octets(),
-                        },
-                    ),
-                    value,
-                )),
-                IpNet::V6(net) => out.class_v6.push((
-                    Key::new(
-                        GENERATION_BITS + u32::from(net.prefix_len()),
-                        ClassKeyV6 {
-                            generation: gen_bytes,
-                            addr: net.addr().octets(),
-                        },
-                    ),
-                    value,
-                )),
-            }
-        }
-    }
-    out.ports = policy
-        .named_ports()
-        .into_iter()
-        .map(|(proto, port)| PortKey {
-            generation,
-            port,
-            proto,
-            pad: 0,
-        })
-        .collect();
-    let mut groups: BTreeMap<(u16, u16, u8), Vec<&Rule>> = BTreeMap::new();
-    for rule in &policy.rules {
-        for src in &rule.src_classes {
-            groups
-                .entry((rule.dst_class, *src, rule.proto))
-                .or_default()
-                .push(rule);
-        }
-    }
-    for ((dst, src, proto), rules) in groups {
-        for (range, rule) in disjoint_ranges(&rules) {
-            for (port, len) in port_prefixes(range) {
-                let key = RuleKey {
-                    generation: gen_bytes,
-                    dst_class: dst.to_be_bytes(),
-                    src_class: src.to_be_bytes(),
-                    proto,
-                    port: port.to_be_bytes(),
-                };
-                out.rules
-                    .push((Key::new(RULE_KEY_FIXED_BITS + len, key), RuleValue { rule }));
-            }
-        }
-    }
-    out
-}
-
-/// Splits overlapping rules into disjoint ranges, each owned by its narrowest rule.
-fn disjoint_ranges(rules: &[&Rule]) -> Vec<(PortRange, u32)> {
-    let mut bounds: Vec<u32> = rules
-        .iter()
-        .flat_map(|r| [u32::from(r.ports.first), u32::from(r.ports.last) + 1])
-        .collect();
-    bounds.sort_unstable();
-    bounds.dedup();
-    let mut out: Vec<(PortRange, u32)> = Vec::new();
-    for pair in bounds.windows(2) {
-        let (first, last) = (pair[0] as u16, (pair[1] - 1) as u16);
-        let winner = rules
-            .iter()
-            .filter(|r| r.ports.contains(first))
-            .min_by_key(|r| (r.ports.width(), r.id));
-        let Some(winner) = winner else { continue };
-        match out.last_mut() {
-            Some((range, id))
-                if *id == winner.id && u32::from(range.last) + 1 == u32::from(first) =>
-            {
-                range.last = last;
-            }
-            _ => out.push((PortRange { first, last }, winner.id)),
-        }
-    }
-    out
-}
-
-/// The minimal set of (port, prefix length) blocks covering `range`.
-fn port_prefixes(range: PortRange) -> Vec<(u16, u32)> {
-    let (mut lo, hi) = (u32::from(range.first), u32::from(range.last));
-    let mut out = Vec::new();
-    while lo <= hi {
-        let mut size = if lo == 0 {
-            1 << 16
-        } else {
-            1 << lo.trailing_zeros().min(16)
-        };
-        while lo + size - 1 > hi {
-            size >>= 1;
-        }
-        out.push((lo as u16, 16 - size.trailing_zeros()));
-        lo += size;
-    }
-    out
 }
 
 /// How the maps pinned under `dir` differ from this build's definitions (empty: they are
@@ -1018,17 +644,6 @@ fn pinned_protection(dir: &Path) -> Result<Option<Protection>, DataplaneError> {
         &aya::maps::Map::HashMap(open(map_names::IFACES)?),
     )
     .map(Some)
-}
-
-/// What [`Dataplane::stable_ids`] handed out.
-#[derive(Default)]
-struct StableIds {
-    /// Each wanted identity's id.
-    of: BTreeMap<u64, u32>,
-    /// Ids handed to an identity new to them (their counters must start from zero).
-    fresh: BTreeSet<u32>,
-    /// The table held no id before (state pinned by a build without it).
-    was_empty: bool,
 }
 
 /// A replacement of an incompatible build's maps under way: this build's are staged beside
@@ -1289,11 +904,7 @@ impl Dataplane {
     pub fn policy_state(&self) -> Result<PolicyState, DataplaneError> {
         Ok(PolicyState {
             generation: self.config_slot(config::GENERATION)? as u32,
-            mode: if self.config_slot(config::MODE)? == MODE_AUDIT {
-                Mode::Audit
-            } else {
-                Mode::Enforce
-            },
+            mode: Mode::from_code(self.config_slot(config::MODE)?),
             hash: self.config_slot(config::POLICY_HASH)?,
             applied_at: self.config_slot(config::APPLIED_AT)?,
         })
@@ -1390,73 +1001,41 @@ impl Dataplane {
             .map_or_else(Vec::new, |p| pinned_links(&p.dir))
     }
 
-    /// Stable ids for the `wanted` identity hashes (each with the id it would prefer), kept in
-    /// the pinned hash map `name` so counters keyed by id keep their meaning across reloads and
-    /// restarts: a known identity keeps its id; a new one gets its preferred id when that is
-    /// free, else the lowest free id in `range`. Identities not wanted are forgotten only when
-    /// the range is full; recorded ids outside `range` are ignored (and overwritten).
+    /// Hands out ids that survive reloads and restarts ([`plan_ids`]), recorded in the pinned
+    /// table `name`.
     fn stable_ids(
         &mut self,
         name: &'static str,
         wanted: &[(u64, Option<u32>)],
         range: std::ops::Range<u32>,
         full: impl Fn() -> PolicyError,
-    ) -> Result<StableIds, DataplaneError> {
-        let wanted_set: BTreeSet<u64> = wanted.iter().map(|(h, _)| *h).collect();
+    ) -> Result<IdPlan, DataplaneError> {
         let mut ids = self.hash_map::<u64, u32>(name)?;
         let mut known: BTreeMap<u64, u32> = BTreeMap::new();
         for item in ids.iter() {
             let (hash, id) = item.map_err(map_err(format!("reading {name}")))?;
-            if range.contains(&id) {
-                known.insert(hash, id);
-            }
+            known.insert(hash, id);
         }
-        let mut out = StableIds {
-            was_empty: known.is_empty(),
-            ..StableIds::default()
-        };
-        let mut used: BTreeSet<u32> = known.values().copied().collect();
-        for (hash, preferred) in wanted {
-            if let Some(id) = known.get(hash).or(out.of.get(hash)).copied() {
-                out.of.insert(*hash, id);
-                continue;
-            }
-            if used.len() >= range.len() {
-                // Forget identities the policy no longer has, to free their ids. (The running
-                // generation may still count under one until the flip: at most one reload's
-                // worth goes to the identity that takes the id.)
-                for (old, id) in known.iter().filter(|(h, _)| !wanted_set.contains(h)) {
-                    ids.remove(old)
-                        .map_err(map_err(format!("forgetting an id in {name}")))?;
-                    used.remove(id);
-                }
-                known.retain(|h, _| wanted_set.contains(h));
-            }
-            let id = match preferred {
-                Some(p) if range.contains(p) && !used.contains(p) => *p,
-                _ => range
-                    .clone()
-                    .find(|id| !used.contains(id))
-                    .ok_or_else(|| DataplaneError::Policy(full()))?,
-            };
+        let plan = plan_ids(&known, wanted, range).ok_or_else(|| DataplaneError::Policy(full()))?;
+        for old in &plan.forget {
+            ids.remove(old)
+                .map_err(map_err(format!("forgetting an id in {name}")))?;
+        }
+        for (hash, id) in plan.of.iter().filter(|(_, id)| plan.fresh.contains(id)) {
             ids.insert(hash, id, 0)
                 .map_err(map_err(format!("recording an id in {name}")))?;
-            used.insert(id);
-            out.of.insert(*hash, id);
-            out.fresh.insert(id);
         }
-        Ok(out)
+        Ok(plan)
     }
 
-    /// Renumbers `compiled`'s rules to stable counter slots ([`Dataplane::stable_ids`] in the
-    /// pinned `EXFW_RULE_IDS`); a slot handed to a new identity has its counters zeroed first.
-    pub fn assign_rule_slots(&mut self, compiled: &mut Compiled) -> Result<(), DataplaneError> {
-        let identities: Vec<(u64, u32)> = compiled
-            .policy
-            .rules
-            .iter()
-            .map(|r| (fnv1a(compiled.rule_identity(r).as_bytes()), r.id))
-            .collect();
+    /// The stable counter slot of each of `compiled`'s rules, by compiled rule id
+    /// ([`plan_ids`] in the pinned `EXFW_RULE_IDS`), for [`Compiled::renumber`]; a slot handed
+    /// to a new identity has its counters zeroed first.
+    pub fn rule_slots(
+        &mut self,
+        compiled: &Compiled,
+    ) -> Result<BTreeMap<u32, u32>, DataplaneError> {
+        let identities = rule_identities(compiled);
         let wanted: Vec<(u64, Option<u32>)> = identities.iter().map(|(h, _)| (*h, None)).collect();
         let slots = self.stable_ids(map_names::RULE_IDS, &wanted, 0..limits::MAX_RULES, || {
             PolicyError::RuleIdOutOfRange {
@@ -1480,23 +1059,19 @@ impl Dataplane {
                 .set(*slot, zeros, 0)
                 .map_err(map_err("zeroing a new rule's counters"))?;
         }
-        let hashes: BTreeMap<u32, u64> = identities.iter().map(|(h, id)| (*id, *h)).collect();
-        compiled.renumber(|rule| slots.of[&hashes[&rule.id]]);
-        Ok(())
+        Ok(identities
+            .iter()
+            .map(|(hash, id)| (*id, slots.of[hash]))
+            .collect())
     }
 
-    /// Renumbers `compiled`'s classes to stable ids, so a per-role drop counter (keyed by the
-    /// destination class id) keeps its meaning whatever classes a reload adds or removes: ids
-    /// per class name ([`Dataplane::stable_ids`] in the pinned `EXFW_CLASS_IDS`), a new name
-    /// preferring its compiled id; counters left under an id a new name takes are removed
-    /// first.
-    pub fn assign_class_ids(&mut self, compiled: &mut Compiled) -> Result<(), DataplaneError> {
-        let names: Vec<(u16, u64)> = compiled
-            .policy
-            .classes
-            .iter()
-            .map(|c| (c.id, fnv1a(c.name.as_bytes())))
-            .collect();
+    /// The stable id of each of `compiled`'s classes, by compiled class id, for
+    /// [`Compiled::renumber_classes`]: a per-role drop counter (keyed by the destination class
+    /// id) keeps its meaning whatever classes a reload adds or removes. Ids per class name
+    /// ([`plan_ids`] in the pinned `EXFW_CLASS_IDS`), a new name preferring its compiled id;
+    /// counters left under an id a new name takes are removed first.
+    pub fn class_ids(&mut self, compiled: &Compiled) -> Result<BTreeMap<u16, u16>, DataplaneError> {
+        let names = class_identities(compiled);
         let wanted: Vec<(u64, Option<u32>)> = names
             .iter()
             .map(|(id, h)| (*h, Some(u32::from(*id))))
@@ -1518,12 +1093,10 @@ impl Dataplane {
         if !ids.fresh.is_empty() && !adopting {
             self.remove_drop_counters(|class| ids.fresh.contains(&u32::from(class)))?;
         }
-        let new_id: BTreeMap<u16, u16> = names
+        Ok(names
             .iter()
             .map(|(id, h)| (*id, ids.of[h] as u16))
-            .collect();
-        compiled.renumber_classes(&new_id);
-        Ok(())
+            .collect())
     }
 
     /// Removes the per-port drop counters of the destination classes `doomed` picks.
@@ -1596,11 +1169,7 @@ impl Dataplane {
             return Err(e);
         }
         let t = &policy.timeouts;
-        let mode = if policy.mode == Mode::Audit {
-            MODE_AUDIT
-        } else {
-            MODE_ENFORCE
-        };
+        let mode = policy.mode.code();
         let mut cfg = self.config()?;
         for (slot, value) in [
             (config::TCP_TIMEOUT_NS, t.tcp.as_nanos() as u64),
@@ -1671,14 +1240,14 @@ impl Dataplane {
         fn write<K: aya::Pod, V: aya::Pod>(
             ebpf: &mut Ebpf,
             name: &str,
-            items: &[(Key<K>, V)],
+            items: &[(Prefixed<K>, V)],
         ) -> Result<(), DataplaneError> {
             let map = ebpf
                 .map_mut(name)
                 .ok_or(DataplaneError::Missing("class or rule map"))?;
             let mut trie = LpmTrie::<_, K, V>::try_from(map).map_err(map_err(name))?;
             for (key, value) in items {
-                trie.insert(key, value, 0)
+                trie.insert(&Key::new(key.prefix_len, key.key), value, 0)
                     .map_err(map_err(format!("writing {name} (is the table full?)")))?;
             }
             Ok(())
@@ -2213,140 +1782,6 @@ mod tests {
         }
         assert_eq!(parse_version("garbage"), None);
         assert_eq!(parse_version("6"), None);
-    }
-
-    #[test]
-    fn port_prefixes_cover_exactly_the_range() {
-        for (first, last) in [
-            (0, 65535),
-            (443, 443),
-            (1024, 65535),
-            (5065, 5068),
-            (1, 2),
-            (0, 0),
-            (65535, 65535),
-            (137, 139),
-        ] {
-            let blocks = port_prefixes(PortRange { first, last });
-            let mut covered = Vec::new();
-            for (port, len) in &blocks {
-                let size = 1u32 << (16 - len);
-                assert_eq!(
-                    u32::from(*port) % size,
-                    0,
-                    "block {port}/{len} is not aligned"
-                );
-                covered.extend(u32::from(*port)..u32::from(*port) + size);
-            }
-            assert_eq!(
-                covered,
-                (u32::from(first)..=u32::from(last)).collect::<Vec<_>>()
-            );
-        }
-        assert_eq!(port_prefixes(PortRange::ANY), vec![(0, 0)]);
-    }
-
-    #[test]
-    fn overlapping_rules_split_to_the_narrowest() {
-        let wide = Rule {
-            id: 1,
-            service: "wide".into(),
-            dst_class: 1,
-            src_classes: [0].into(),
-            proto: 6,
-            ports: PortRange {
-                first: 10,
-                last: 20,
-            },
-        };
-        let narrow = Rule {
-            id: 2,
-            service: "narrow".into(),
-            ports: PortRange::single(15),
-            ..wide.clone()
-        };
-        let got = disjoint_ranges(&[&wide, &narrow]);
-        assert_eq!(
-            got,
-            vec![
-                (
-                    PortRange {
-                        first: 10,
-                        last: 14
-                    },
-                    1
-                ),
-                (PortRange::single(15), 2),
-                (
-                    PortRange {
-                        first: 16,
-                        last: 20
-                    },
-                    1
-                )
-            ]
-        );
-    }
-
-    #[test]
-    fn the_policy_hash_does_not_depend_on_counter_slots_or_class_ids() {
-        let config = crate::config::parse(
-            include_str!("../../examples/exchange2016-edge.toml"),
-            "exchange2016-edge.toml",
-        )
-        .unwrap();
-        let compiled = crate::policy::compile(&config).unwrap();
-        let hash = policy_hash(&compiled.policy);
-        // Another gateway's history: the same rules in other slots.
-        let mut elsewhere = compiled.clone();
-        elsewhere.renumber(|rule| 4000 - rule.id);
-        assert_ne!(
-            elsewhere
-                .policy
-                .rules
-                .iter()
-                .map(|r| r.id)
-                .collect::<Vec<_>>(),
-            compiled
-                .policy
-                .rules
-                .iter()
-                .map(|r| r.id)
-                .collect::<Vec<_>>()
-        );
-        assert_eq!(policy_hash(&elsewhere.policy), hash);
-        // ... and the same classes under other ids.
-        let classes = elsewhere.policy.classes.len() as u16;
-        let shuffled: BTreeMap<u16, u16> = elsewhere
-            .policy
-            .classes
-            .iter()
-            .map(|c| (c.id, 900 + classes - c.id))
-            .collect();
-        elsewhere.renumber_classes(&shuffled);
-        assert!(elsewhere.policy.classes.iter().all(|c| c.id >= 900));
-        assert_ne!(
-            elsewhere.policy.classes[0].name,
-            compiled.policy.classes[0].name
-        );
-        elsewhere.policy.validate().unwrap();
-        assert_eq!(policy_hash(&elsewhere.policy), hash);
-        // What the policy means does change it.
-        let mut audit = compiled.policy.clone();
-        audit.mode = Mode::Audit;
-        assert_ne!(policy_hash(&audit), hash);
-        let mut fewer = compiled.policy.clone();
-        fewer.rules.pop();
-        assert_ne!(policy_hash(&fewer), hash);
-        // Every interface counts, the first (the Internet's, in the examples) too.
-        for slot in 0..compiled.policy.interfaces.len() {
-            let mut open = compiled.policy.clone();
-            open.interfaces[slot].reverse_path = !open.interfaces[slot].reverse_path;
-            assert_ne!(policy_hash(&open), hash, "interface {slot}");
-            let mut open = compiled.policy.clone();
-            open.interfaces[slot].accepts = crate::policy::Accepts::Any;
-            assert_ne!(policy_hash(&open), hash, "interface {slot}");
-        }
     }
 
     #[test]

@@ -4,10 +4,7 @@
 //! Counters live in pinned per-CPU maps keyed by stable rule slots, so they stay monotonic
 //! across reloads and daemon restarts.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex, RwLock},
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use exfw_common::{Counter, proto};
 use prometheus_client::{
@@ -18,73 +15,16 @@ use prometheus_client::{
 };
 
 use crate::{
-    config::Config,
-    dataplane::Dataplane,
-    links::{InterfaceState, InterfaceStatus},
-    policy::{Compiled, Mode, PortRange, export::proto_name},
+    links::InterfaceState,
+    policy::{Compiled, Verdict, export::proto_name},
+    state::Shared,
 };
-
-/// State of the last config reload, as Prometheus' own convention names it.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct ReloadStatus {
-    /// Whether the last attempt succeeded.
-    pub last_successful: bool,
-    /// Unix time of the last success.
-    pub last_success_seconds: f64,
-    /// Successful reloads since start.
-    pub successes: u64,
-    /// Failed reloads since start (refusals included).
-    pub failures: u64,
-    /// Reloads refused because they would detach an interface.
-    pub refused_detach: u64,
-    /// Reloads refused because they would remove too many protected addresses.
-    pub refused_removal: u64,
-    /// Reloads refused because an interface would lose its accepts list.
-    pub refused_opening: u64,
-}
-
-/// What the daemon's threads share: the data plane, the policy in force and its bookkeeping.
-pub struct Shared {
-    /// The loaded program and its maps, for the threads that change them (reload, interfaces).
-    pub dataplane: Mutex<Dataplane>,
-    /// Its own descriptors on the same pinned maps, for scrapes: reading counters never waits
-    /// for a reload that holds `dataplane`.
-    pub reader: Mutex<Dataplane>,
-    /// The config in force.
-    pub config: RwLock<Config>,
-    /// The policy in force, for labels.
-    pub compiled: RwLock<Compiled>,
-    /// Every configured interface and where it stands.
-    pub interfaces: RwLock<Vec<InterfaceStatus>>,
-    /// Reload bookkeeping.
-    pub reload: Mutex<ReloadStatus>,
-    /// Flow-table entries, counted in the background (counting walks the table).
-    pub flow_entries: std::sync::atomic::AtomicU64,
-    /// Flow-table capacity.
-    pub flow_capacity: u64,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").finish_non_exhaustive()
-    }
-}
 
 /// Protocols with names keep them; the rest fold into "other".
 fn proto_label(protocol: u8) -> String {
     match protocol {
         proto::TCP | proto::UDP | proto::ICMP | proto::ICMPV6 => proto_name(protocol),
         _ => "other".into(),
-    }
-}
-
-fn ports_label(ports: PortRange) -> String {
-    if ports == PortRange::ANY {
-        "any".into()
-    } else if ports.first == ports.last {
-        ports.first.to_string()
-    } else {
-        format!("{}-{}", ports.first, ports.last)
     }
 }
 
@@ -136,27 +76,26 @@ impl Collector for ExfwCollector {
             .iter()
             .map(|r| (r.id, counters.rules.get(&r.id).copied().unwrap_or_default()))
             .collect();
-        let reason_stats: Vec<((exfw_common::Verdict, exfw_common::Reason), Counter)> =
-            exfw_common::Reason::ALL
-                .iter()
-                .flat_map(|r| {
-                    let verdicts: &[exfw_common::Verdict] = if r.drops() {
-                        &[exfw_common::Verdict::Drop, exfw_common::Verdict::WouldDrop]
-                    } else {
-                        &[exfw_common::Verdict::Pass]
-                    };
-                    verdicts.iter().map(move |v| (*v, *r))
-                })
-                .map(|k| (k, counters.reasons.get(&k).copied().unwrap_or_default()))
-                .collect();
+        let reason_stats: Vec<((Verdict, exfw_common::Reason), Counter)> = exfw_common::Reason::ALL
+            .iter()
+            .flat_map(|r| {
+                let verdicts: &[Verdict] = if r.drops() {
+                    &[Verdict::Drop, Verdict::WouldDrop]
+                } else {
+                    &[Verdict::Pass]
+                };
+                verdicts.iter().map(move |v| (*v, *r))
+            })
+            .map(|k| (k, counters.reasons.get(&k).copied().unwrap_or_default()))
+            .collect();
         let rule_labels = |id: u32| -> Labels {
             let rule = policy.rule(id).expect("counters are read for policy rules");
             vec![
                 ("service", rule.service.clone()),
                 ("dst_role", policy.class_name(rule.dst_class).to_string()),
                 ("proto", proto_name(rule.proto)),
-                ("port", ports_label(rule.ports)),
-                ("verdict", "pass".into()),
+                ("port", rule.ports.to_string()),
+                ("verdict", Verdict::Pass.name().into()),
             ]
         };
         family(
@@ -214,11 +153,7 @@ impl Collector for ExfwCollector {
             {
                 continue;
             }
-            let verdict = if key.verdict == exfw_common::Verdict::WouldDrop as u8 {
-                "would_drop"
-            } else {
-                "drop"
-            };
+            let verdict = Verdict::of_drop(key.verdict).name();
             let entry = folded
                 .entry((
                     policy.class_name(key.dst_class).to_string(),
@@ -257,7 +192,7 @@ impl Collector for ExfwCollector {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            for v in [exfw_common::Verdict::Drop, exfw_common::Verdict::WouldDrop] {
+            for v in [Verdict::Drop, Verdict::WouldDrop] {
                 spoofed.insert((status.name.clone(), v.name()), 0);
             }
         }
@@ -346,15 +281,7 @@ impl Collector for ExfwCollector {
             [(
                 vec![
                     ("hash", format!("{:016x}", state.hash)),
-                    (
-                        "mode",
-                        if state.mode == Mode::Audit {
-                            "audit"
-                        } else {
-                            "enforce"
-                        }
-                        .to_string(),
-                    ),
+                    ("mode", state.mode.name().to_string()),
                 ],
                 gauge(1.0),
             )],

@@ -7,133 +7,11 @@
 
 use exfw_common::proto;
 
-use crate::{
-    config::{DcAccess, ExchangeVersion, Organization},
-    policy::PortRange,
-};
+use exfw_common::PortRange;
 
-/// A role an address can play.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    /// Client Access server (2010, 2013).
-    Cas,
-    /// Mailbox server (2016 and later: also client access and front-end transport).
-    Mailbox,
-    /// Hub Transport server (2010).
-    Hub,
-    /// Unified Messaging server (2010).
-    Um,
-    /// Edge Transport server in the perimeter: restricted.
-    Edge,
-    /// Domain controller / global catalog.
-    Dc,
-    /// Lync / Skype for Business server.
-    Lync,
-    /// DNS server used by Exchange.
-    Dns,
-    /// Internal client networks.
-    Clients,
-    /// UM IP gateways and IP-PBXs.
-    UmGateway,
-    /// Administrators' networks.
-    Management,
-    /// The gateway's own addresses.
-    Gateway,
-    /// Networks the servers live in: addresses no host claims there are protected too.
-    ProtectedNetwork,
-    /// Everything unlisted: the Internet, partner forests.
-    External,
-}
+use crate::config::{DcAccess, ExchangeVersion, Organization};
 
-impl Role {
-    /// Roles a `[[server]]` can hold.
-    pub const SERVER_ROLES: [Role; 5] = [Role::Cas, Role::Mailbox, Role::Hub, Role::Um, Role::Edge];
-    /// Roles an `[[allow]]` entry can name.
-    pub const ENDPOINT_ROLES: [Role; 14] = [
-        Role::Cas,
-        Role::Mailbox,
-        Role::Hub,
-        Role::Um,
-        Role::Edge,
-        Role::Dc,
-        Role::Lync,
-        Role::Dns,
-        Role::Clients,
-        Role::UmGateway,
-        Role::Management,
-        Role::Gateway,
-        Role::ProtectedNetwork,
-        Role::External,
-    ];
-
-    /// The name used in configs, explanations and metric labels.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Cas => "cas",
-            Role::Mailbox => "mailbox",
-            Role::Hub => "hub",
-            Role::Um => "um",
-            Role::Edge => "edge",
-            Role::Dc => "dc",
-            Role::Lync => "lync",
-            Role::Dns => "dns",
-            Role::Clients => "clients",
-            Role::UmGateway => "um-gateway",
-            Role::Management => "management",
-            Role::Gateway => "gateway",
-            Role::ProtectedNetwork => "protected-network",
-            Role::External => "external",
-        }
-    }
-
-    /// A server role by name.
-    pub fn server_role(name: &str) -> Option<Role> {
-        Self::SERVER_ROLES.into_iter().find(|r| r.name() == name)
-    }
-
-    /// Any role by name.
-    pub fn endpoint_role(name: &str) -> Option<Role> {
-        Self::ENDPOINT_ROLES.into_iter().find(|r| r.name() == name)
-    }
-
-    /// Why this server role does not exist in `version`, if it does not.
-    pub fn unavailable_in(self, version: ExchangeVersion) -> Option<String> {
-        match self {
-            Role::Cas if version.client_access_on_mailbox() => Some(format!(
-                "Exchange {} has no separate Client Access role: client access runs on the Mailbox role; use \"mailbox\"",
-                version.name()
-            )),
-            Role::Hub | Role::Um if version != ExchangeVersion::V2010 => Some(format!(
-                "the {} role exists only up to Exchange 2010; in Exchange {} it runs on the Mailbox role; use \"mailbox\"",
-                if self == Role::Hub {
-                    "Hub Transport"
-                } else {
-                    "Unified Messaging"
-                },
-                version.name()
-            )),
-            _ => None,
-        }
-    }
-
-    /// Trusted roles pass to each other on every port and protocol (Microsoft's ground rules).
-    pub fn trusted(self) -> bool {
-        matches!(
-            self,
-            Role::Cas | Role::Mailbox | Role::Hub | Role::Um | Role::Dc | Role::Lync
-        )
-    }
-
-    /// Protected roles: traffic to or from them is subject to the policy.
-    pub fn protected(self) -> bool {
-        self.trusted() || matches!(self, Role::Edge | Role::ProtectedNetwork)
-    }
-
-    /// The gateway's own addresses: traffic to them is the host firewall's to judge.
-    pub fn local(self) -> bool {
-        self == Role::Gateway
-    }
-}
+pub use exfw_common::Role;
 
 /// A document the catalogue cites: its title as published and its public address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -613,7 +491,7 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
     // All internal Exchange servers resolve names; the Internet-facing ones the next hop.
     let internal: Vec<Role> = [Cas, Mailbox, Hub, Um]
         .into_iter()
-        .filter(|r| r.unavailable_in(v).is_none())
+        .filter(|r| v.role_missing(*r).is_none())
         .collect();
     let resolution = Provenance::cite(
         ports_doc,
@@ -630,7 +508,7 @@ pub fn catalogue(org: &Organization) -> Vec<Service> {
     if org.icmp_echo {
         let servers: Vec<Role> = [Cas, Mailbox, Hub, Um, Edge]
             .into_iter()
-            .filter(|r| r.unavailable_in(v).is_none())
+            .filter(|r| v.role_missing(*r).is_none())
             .collect();
         let why = Provenance::cite(
             EXFW,

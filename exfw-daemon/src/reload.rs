@@ -24,9 +24,9 @@ use crate::{
     config::{self, Config},
     dataplane::{Dataplane, EventRing, LoadOptions},
     links::{self, InterfaceState, InterfaceStatus},
-    metrics::{ReloadStatus, Shared},
     policy::{Compiled, Protection, compile},
     server,
+    state::{ReloadStatus, Shared},
 };
 
 /// The exit status of a start refused because it would remove protection (the pinned policy
@@ -285,8 +285,10 @@ fn detach_unnamed(dataplane: &mut Dataplane, config: &Config) -> Result<()> {
 /// is published either way.
 fn apply(shared: &Shared, mut compiled: Compiled, config: Config) -> Result<u32> {
     let mut dataplane = shared.dataplane.lock().unwrap_or_else(|e| e.into_inner());
-    dataplane.assign_class_ids(&mut compiled)?;
-    dataplane.assign_rule_slots(&mut compiled)?;
+    let class_ids = dataplane.class_ids(&compiled)?;
+    compiled.renumber_classes(&class_ids);
+    let rule_slots = dataplane.rule_slots(&compiled)?;
+    compiled.renumber(|rule| rule_slots[&rule.id]);
     let (attached, generation) = if dataplane.generation() == 0 {
         // Maps without a policy (a first start, or the state of an incompatible build set
         // aside): the policy goes in before a program that reads them is attached. Attached
@@ -523,7 +525,7 @@ fn log_drops(shared: &Shared, ring: &mut EventRing, names: &mut BTreeMap<u32, St
             reason,
             rule = "none",
             dst_role = compiled.policy.class_name(e.dst_class),
-            verdict = if e.verdict == exfw_common::Verdict::WouldDrop as u8 { "would_drop" } else { "drop" },
+            verdict = exfw_common::Verdict::of_drop(e.verdict).name(),
             iface = %iface_name(e.ifindex, names),
             vlan = e.vlan,
             "dropped"

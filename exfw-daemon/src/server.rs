@@ -15,10 +15,7 @@ use axum::{
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::{
-    links::InterfaceState,
-    metrics::{self, Shared},
-};
+use crate::{links::InterfaceState, metrics, state::Shared};
 
 /// What the handlers share.
 #[derive(Clone)]

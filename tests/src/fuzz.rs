@@ -6,9 +6,10 @@ use std::sync::{Mutex, OnceLock};
 
 use exfw_daemon::{
     config,
-    dataplane::{Dataplane, LoadOptions, policy_table_use},
+    dataplane::{Dataplane, LoadOptions},
     policy::{
         Compiled, Reference, Routes, compile,
+        encode::policy_table_use,
         export::{ExplainFormat, NftChains, nftables_chains, render_explain},
     },
 };

@@ -92,18 +92,10 @@ pub fn proto_name(p: u8) -> String {
 
 /// A port range as people write it: `443`, `5065-5068`, `any`, `type 8` for ICMP.
 pub fn ports_text(protocol: u8, ports: PortRange) -> String {
-    let PortRange { first, last } = ports;
-    let prefix = if matches!(protocol, proto::ICMP | proto::ICMPV6) {
-        "type "
+    if ports != PortRange::ANY && matches!(protocol, proto::ICMP | proto::ICMPV6) {
+        format!("type {ports}")
     } else {
-        ""
-    };
-    if ports == PortRange::ANY {
-        "any".into()
-    } else if first == last {
-        format!("{prefix}{first}")
-    } else {
-        format!("{prefix}{first}-{last}")
+        ports.to_string()
     }
 }
 

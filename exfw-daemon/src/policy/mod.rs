@@ -6,6 +6,7 @@
 
 mod classify;
 mod compile;
+pub mod encode;
 pub mod export;
 pub mod probe;
 pub mod scenario;
@@ -18,21 +19,11 @@ use std::{
 pub use classify::{Counters, Outcome, Reference, Routes};
 pub use compile::{Compiled, HostRule, compile};
 use exfw_common::{CLASS_EXTERNAL, limits};
-pub use exfw_common::{Reason, Verdict};
+pub use exfw_common::{Mode, PortRange, Reason, Verdict};
 use ipnet::IpNet;
 
 /// The interface of [`Policy::without_source_validation`].
 pub const ANY_INTERFACE: &str = "any";
-
-/// Enforce drops what the policy denies; audit passes it and counts it as would-drop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// Drop what no rule allows.
-    #[default]
-    Enforce,
-    /// Pass everything; count what enforce would drop.
-    Audit,
-}
 
 /// How long state lives in the kernel tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,38 +104,6 @@ pub struct Interface {
     pub reverse_path: bool,
     /// The source classes that may arrive here.
     pub accepts: Accepts,
-}
-
-/// An inclusive range of destination ports (ICMP: types; other protocols: 0..=65535).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PortRange {
-    /// First port.
-    pub first: u16,
-    /// Last port, inclusive.
-    pub last: u16,
-}
-
-impl PortRange {
-    /// A single port.
-    pub const fn single(port: u16) -> Self {
-        PortRange {
-            first: port,
-            last: port,
-        }
-    }
-    /// Every port.
-    pub const ANY: PortRange = PortRange {
-        first: 0,
-        last: u16::MAX,
-    };
-    /// True when `port` is inside.
-    pub fn contains(&self, port: u16) -> bool {
-        self.first <= port && port <= self.last
-    }
-    /// Number of ports inside.
-    pub fn width(&self) -> u32 {
-        u32::from(self.last) - u32::from(self.first) + 1
-    }
 }
 
 /// Traffic that passes: from any of `src_classes` to `dst_class` on `proto` and `ports`.

@@ -67,10 +67,6 @@ fn endpoint(text: &str) -> Option<(IpAddr, u16)> {
         .map(|a| (a, 0))
 }
 
-fn protocol(name: &str) -> Option<u8> {
-    proto::by_name(name).or_else(|| name.parse().ok())
-}
-
 /// Parses a scenario; every line must be readable.
 pub fn parse(text: &str) -> Result<Vec<Step>, ScenarioError> {
     let mut steps = Vec::new();
@@ -98,7 +94,7 @@ pub fn parse(text: &str) -> Result<Vec<Step>, ScenarioError> {
             return Err(err("time goes backwards".into()));
         }
         last = time_ns;
-        let number = protocol(fields[2]).ok_or_else(|| {
+        let number = proto::parse(fields[2]).ok_or_else(|| {
             err(format!(
                 "`{}` is not a protocol (tcp, udp, icmp or a number)",
                 fields[2]
@@ -193,7 +189,8 @@ fn apply(step: &mut Step, key: &str, value: &str) -> Result<(), String> {
                         .into(),
                 );
             };
-            let inner_proto = protocol(name).ok_or(format!("about: `{name}` is not a protocol"))?;
+            let inner_proto =
+                proto::parse(name).ok_or(format!("about: `{name}` is not a protocol"))?;
             let (s, sp) = endpoint(src).ok_or(format!("about: `{src}` is not an address"))?;
             let (d, dp) = endpoint(dst).ok_or(format!("about: `{dst}` is not an address"))?;
             if s.is_ipv6() != p.src.is_ipv6() || d.is_ipv6() != p.src.is_ipv6() {
