@@ -40,7 +40,9 @@ fn build_ebpf() -> PathBuf {
             );
         }
     }
-    let target_dir = root.join("target/ebpf");
+    // Inside OUT_DIR, like every build script's output: it follows CARGO_TARGET_DIR and the
+    // profile, and `cargo clean` removes it.
+    let target_dir = PathBuf::from(env::var("OUT_DIR").unwrap()).join("ebpf");
     let mut cmd = Command::new(DEBIAN_CARGO);
     // Start from a clean slate: the outer cargo's variables (rustc, flags, jobserver) belong to
     // the host toolchain.

@@ -850,7 +850,12 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Config {
     let unsubscribed_edge = raw
         .servers
         .iter()
-        .find(|s| s.roles.get_ref().iter().any(|r| r.get_ref() == "edge"))
+        .find(|s| {
+            s.roles
+                .get_ref()
+                .iter()
+                .any(|r| r.get_ref() == Role::Edge.name())
+        })
         .filter(|_| !organization.edge_subscribed);
     if let Some(s) = unsubscribed_edge {
         c.error(

@@ -6,7 +6,11 @@
 /// listed in the order they may use one another.
 const MODULES: &[(&str, u8, &[&str])] = &[
     ("config", 1, &[include_str!("config.rs")]),
-    ("model", 2, &[include_str!("model.rs")]),
+    (
+        "model",
+        2,
+        &[include_str!("model/mod.rs"), include_str!("model/rows.rs")],
+    ),
     (
         "policy",
         3,

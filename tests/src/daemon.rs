@@ -260,11 +260,7 @@ pub fn exfw_status_output(gateway: &Namespace, pins: &Path, json: bool) -> std::
 /// (long enough for a SYN the kernel retransmits after a lost first one).
 pub fn connects(outside: &Namespace, port: u16) -> bool {
     let dst: std::net::SocketAddr = format!("192.0.2.2:{port}").parse().unwrap();
-    match crate::netns::tcp_connect(outside, None, dst, Duration::from_millis(1500)) {
-        Ok(_) => true,
-        Err(std::io::ErrorKind::TimedOut) => false,
-        Err(e) => panic!("connect {dst}: {e}"),
-    }
+    crate::netns::tcp_connects(outside, None, dst)
 }
 
 /// `count` more Mailbox servers at 10.x addresses, as `[[server]]` tables to append to a config.
@@ -393,28 +389,15 @@ impl Prober {
     pub fn start(outside: &Namespace, timeout: Duration) -> Prober {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let path = format!("/run/netns/{}", outside.name());
         let thread = {
             let stop = stop.clone();
-            std::thread::spawn(move || {
-                let file = std::fs::File::open(path).unwrap();
-                // SAFETY: this thread is ours; it stays in the outside namespace.
-                let rc = unsafe {
-                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
-                };
-                assert_eq!(rc, 0);
+            outside.spawn(move || {
                 let mut count = ProbeCount::default();
                 while !stop.load(Ordering::Relaxed) || count.rounds < 3 {
                     for port in [3389u16, 443] {
-                        let socket = socket2::Socket::new(
-                            socket2::Domain::IPV4,
-                            socket2::Type::STREAM,
-                            None,
-                        )
-                        .unwrap();
                         let dst: std::net::SocketAddr =
                             format!("192.0.2.2:{port}").parse().unwrap();
-                        let connected = socket.connect_timeout(&dst.into(), timeout).is_ok();
+                        let connected = crate::netns::connect_here(None, dst, timeout).is_ok();
                         match (port, connected) {
                             (3389, true) => count.denied_connected += 1,
                             (443, false) => count.allowed_failed += 1,

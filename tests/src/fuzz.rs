@@ -2,7 +2,10 @@
 //! instrumentation for libFuzzer) and what `cargo xtask test` replays from the corpus in the
 //! repository (`fuzz/corpus/TARGET/`): each function panics on what it must never see.
 
-use std::sync::{Mutex, OnceLock};
+use std::{
+    path::{Path, PathBuf},
+    sync::{Mutex, OnceLock},
+};
 
 use exfw_daemon::{
     config,
@@ -155,4 +158,37 @@ pub fn run(target: &str, data: &[u8]) {
         "differential" => differential(data),
         other => panic!("no fuzz target {other}"),
     }
+}
+
+/// The inputs of `fuzz/corpus/TARGET`, sorted (at least 10, or the corpus is missing).
+pub fn corpus(target: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("fuzz/corpus")
+        .join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "{} holds {} inputs: the corpus is missing",
+        dir.display(),
+        files.len()
+    );
+    files
+}
+
+/// Replays every input of `target`'s corpus through its body; fails naming the first that
+/// fails.
+pub fn replay_corpus(target: &str) {
+    let files = corpus(target);
+    for file in &files {
+        let data = std::fs::read(file).unwrap();
+        let outcome = std::panic::catch_unwind(|| run(target, &data));
+        assert!(outcome.is_ok(), "{target}: {} fails", file.display());
+    }
+    eprintln!("{target}: {} corpus inputs replayed", files.len());
 }

@@ -46,11 +46,10 @@ use exfw_daemon::{
     policy::{Compiled, Reference, Routes, compile, probe},
 };
 use ipnet::IpNet;
-use socket2::{Domain, Socket, Type};
 
 use crate::{
     daemon::{Daemon, http_get, wait_until},
-    netns::{Namespace, sh},
+    netns::{CONNECT_WAIT, Namespace, connect_here, sh, tcp_connect},
 };
 
 /// Prometheus in the gateway namespace.
@@ -68,7 +67,6 @@ const NEXT_HOP_V6: &str = "fe80::1";
 const DC_PORTS: [u16; 8] = [88, 135, 389, 445, 464, 636, 3268, 49152];
 /// The UDP port the UM worker takes RTP media on.
 const RTP_PORT: u16 = 30000;
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// What the lab is asked to do.
 #[derive(Clone, Debug)]
@@ -1195,19 +1193,13 @@ impl Lab {
     {
         let (src, dst) = (SocketAddr::new(ip(src), 0), SocketAddr::new(ip(dst), port));
         ns.run(|| {
-            let socket = Socket::new(Domain::for_address(dst), Type::STREAM, None)
-                .map_err(|e| e.to_string())?;
-            socket.bind(&src.into()).map_err(|e| e.to_string())?;
-            socket
-                .connect_timeout(&dst.into(), CONNECT_TIMEOUT)
-                .map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::TimedOut {
-                        format!("{dst}: timed out")
-                    } else {
-                        format!("{dst}: {}", e.kind())
-                    }
-                })?;
-            let mut stream: TcpStream = socket.into();
+            let mut stream = connect_here(Some(src), dst, CONNECT_WAIT).map_err(|e| {
+                if e == std::io::ErrorKind::TimedOut {
+                    format!("{dst}: timed out")
+                } else {
+                    format!("{dst}: {e}")
+                }
+            })?;
             stream
                 .set_read_timeout(Some(Duration::from_secs(3)))
                 .map_err(|e| e.to_string())?;
@@ -1237,7 +1229,7 @@ impl Lab {
         let (src, dst) = (SocketAddr::new(ip(src), 0), SocketAddr::new(ip(dst), port));
         ns.run(|| {
             let socket = UdpSocket::bind(src).unwrap();
-            socket.set_read_timeout(Some(CONNECT_TIMEOUT)).unwrap();
+            socket.set_read_timeout(Some(CONNECT_WAIT)).unwrap();
             socket.send_to(b"exfw lab", dst).unwrap();
             let mut buf = [0u8; 64];
             match socket.recv_from(&mut buf) {
@@ -1807,9 +1799,7 @@ impl Lab {
         let (IpAddr::V4(s), IpAddr::V4(d)) = (ip(src), ip(dst)) else {
             unreachable!("the lab forges IPv4")
         };
-        if sniffer.saw(CONNECT_TIMEOUT, |f| {
-            crate::netns::is_tcp_syn(f, s, d, dport)
-        }) {
+        if sniffer.saw(CONNECT_WAIT, |f| crate::netns::is_tcp_syn(f, s, d, dport)) {
             Seen {
                 passed: true,
                 detail: "reached the target".into(),
@@ -1841,24 +1831,20 @@ impl Lab {
 
     fn connect(ns: &Namespace, src: &str, dst: &str, port: u16) -> Seen {
         let (src, dst) = (SocketAddr::new(ip(src), 0), SocketAddr::new(ip(dst), port));
-        ns.run(|| {
-            let socket = Socket::new(Domain::for_address(dst), Type::STREAM, None).unwrap();
-            socket.bind(&src.into()).unwrap();
-            match socket.connect_timeout(&dst.into(), CONNECT_TIMEOUT) {
-                Ok(()) => Seen {
-                    passed: true,
-                    detail: "connected".into(),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Seen {
-                    passed: false,
-                    detail: "timed out".into(),
-                },
-                Err(e) => Seen {
-                    passed: true,
-                    detail: format!("reached the host ({})", e.kind()),
-                },
-            }
-        })
+        match tcp_connect(ns, Some(src), dst) {
+            Ok(_) => Seen {
+                passed: true,
+                detail: "connected".into(),
+            },
+            Err(std::io::ErrorKind::TimedOut) => Seen {
+                passed: false,
+                detail: "timed out".into(),
+            },
+            Err(e) => Seen {
+                passed: true,
+                detail: format!("reached the host ({e})"),
+            },
+        }
     }
 
     fn run_tool(ns: &Namespace, args: &[&str]) -> (bool, String) {

@@ -303,30 +303,56 @@ pub fn is_tcp_syn(
         && frame[14 + usize::from(frame[14] & 0x0f) * 4 + 13] & 0x02 != 0
 }
 
-/// Connects from `src` (any local address when `None`) to `dst` inside `ns`, waiting at most
-/// `timeout`; the error kind when it fails (`TimedOut` when a firewall swallowed the SYN).
+/// How long a connection attempt waits before it counts as dropped: long enough to see the
+/// SYN the kernel retransmits one second after a lost first one.
+pub const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Connects from `src` (any local address when `None`) to `dst` in the calling thread's
+/// namespace, waiting at most `wait`; the error kind when it fails (`TimedOut` when a firewall
+/// swallowed the SYN).
+pub fn connect_here(
+    src: Option<std::net::SocketAddr>,
+    dst: std::net::SocketAddr,
+    wait: std::time::Duration,
+) -> Result<std::net::TcpStream, std::io::ErrorKind> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(dst),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(|e| e.kind())?;
+    if let Some(src) = src {
+        socket.set_reuse_address(true).map_err(|e| e.kind())?;
+        socket.bind(&src.into()).map_err(|e| e.kind())?;
+    }
+    socket
+        .connect_timeout(&dst.into(), wait)
+        .map_err(|e| e.kind())?;
+    Ok(socket.into())
+}
+
+/// [`connect_here`] inside `ns`, waiting [`CONNECT_WAIT`].
 pub fn tcp_connect(
     ns: &Namespace,
     src: Option<std::net::SocketAddr>,
     dst: std::net::SocketAddr,
-    timeout: std::time::Duration,
 ) -> Result<std::net::TcpStream, std::io::ErrorKind> {
-    ns.run(|| {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(dst),
-            socket2::Type::STREAM,
-            None,
-        )
-        .map_err(|e| e.kind())?;
-        if let Some(src) = src {
-            socket.set_reuse_address(true).map_err(|e| e.kind())?;
-            socket.bind(&src.into()).map_err(|e| e.kind())?;
-        }
-        socket
-            .connect_timeout(&dst.into(), timeout)
-            .map_err(|e| e.kind())?;
-        Ok(socket.into())
-    })
+    ns.run(|| connect_here(src, dst, CONNECT_WAIT))
+}
+
+/// Whether a TCP connection from `src` to `dst` inside `ns` completes (false: it timed out, a
+/// firewall swallowed the SYN). Any other failure panics: neither passed nor dropped, the
+/// test's own setup is wrong.
+pub fn tcp_connects(
+    ns: &Namespace,
+    src: Option<std::net::SocketAddr>,
+    dst: std::net::SocketAddr,
+) -> bool {
+    match tcp_connect(ns, src, dst) {
+        Ok(_) => true,
+        Err(std::io::ErrorKind::TimedOut) => false,
+        Err(e) => panic!("connect {src:?} -> {dst}: {e}, neither passed nor dropped"),
+    }
 }
 
 /// A gateway namespace with one link per leg: `link` on the gateway, `eth0` in the leg's own

@@ -1,7 +1,8 @@
 //! `cargo xtask`: everything that is not a plain `cargo build`.
 //!
-//! Every command first runs the same idempotent setup (Debian packages, bpf-linker, bpffs), so a
-//! fresh machine needs no manual step.
+//! Each command installs what it needs and nothing more (Debian packages, bpf-linker,
+//! cargo-deb, bpffs), so a fresh machine needs no manual step: `build` and `lint` need only the
+//! toolchain and run without root once it is there; the kernel-facing commands need root.
 
 use std::{
     env, fs,
@@ -12,38 +13,65 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 mod vm;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
-/// Debian packages the build and the tests need. Debian's rustc ships a prebuilt `core` for
-/// bpfel-unknown-none (libstd-rust-web-dev-bpf); llvm-22 is what bpf-linker 0.13 links against.
-const PACKAGES: &[&str] = &[
-    "rustc-web",
-    "cargo-web",
-    "libstd-rust-web-dev-bpf",
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "zlib1g-dev",
-    "libzstd-dev",
-    "iproute2",
-    "ethtool",
-    "bpftool",
-    "nftables",
-    // The lab's servers and clients, and Prometheus.
-    "prometheus",
-    "nginx-light",
-    "postfix",
-    "dovecot-imapd",
-    "dovecot-pop3d",
-    "dnsmasq-base",
-    "swaks",
-    "curl",
-    "bind9-dnsutils",
-    "openssl",
-    // The VM kernel matrix.
-    "qemu-system-x86",
-    "busybox-static",
-    "cpio",
-];
+/// What a command needs installed: each need names its Debian packages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// Building: Debian's rustc ships a prebuilt `core` for bpfel-unknown-none
+    /// (libstd-rust-web-dev-bpf); llvm-22 is what bpf-linker 0.13 links against. Also installs
+    /// bpf-linker.
+    Toolchain,
+    /// The Debian package (cargo-deb), for the packaging tests.
+    Packaging,
+    /// Loading XDP programs, network namespaces and nftables; mounts bpffs.
+    Kernel,
+    /// The lab's servers and clients, and Prometheus (promtool).
+    Lab,
+    /// The VM kernel matrix.
+    Vm,
+}
+
+impl Need {
+    /// Every need: what `cargo xtask setup` installs.
+    const ALL: [Need; 5] = [
+        Need::Toolchain,
+        Need::Packaging,
+        Need::Kernel,
+        Need::Lab,
+        Need::Vm,
+    ];
+
+    fn packages(self) -> &'static [&'static str] {
+        match self {
+            Need::Toolchain => &[
+                "rustc-web",
+                "cargo-web",
+                "libstd-rust-web-dev-bpf",
+                "llvm-22-dev",
+                "libpolly-22-dev",
+                "zlib1g-dev",
+                "libzstd-dev",
+            ],
+            Need::Packaging => &[],
+            Need::Kernel => &["iproute2", "ethtool", "bpftool", "nftables"],
+            Need::Lab => &[
+                "prometheus",
+                "nginx-light",
+                "postfix",
+                "dovecot-imapd",
+                "dovecot-pop3d",
+                "dnsmasq-base",
+                "swaks",
+                "curl",
+                "bind9-dnsutils",
+                "openssl",
+            ],
+            Need::Vm => &["qemu-system-x86", "busybox-static", "cpio"],
+        }
+    }
+}
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Builds the Debian package (`cargo deb`).
 const CARGO_DEB_VERSION: &str = "3.8.0";
@@ -55,16 +83,33 @@ struct Cli {
     command: Cmd,
 }
 
+/// The parts of `cargo xtask test`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TestPart {
+    /// Formatting and clippy (`cargo xtask lint`), the unit tests, then the integration suites.
+    All,
+    /// The tests that need no privilege (what a plain `cargo test` runs).
+    Unit,
+    /// The suites on the real kernel path, as root: BPF_PROG_TEST_RUN, network namespaces,
+    /// the daemon, packaging, the lab.
+    Integration,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the build needs (idempotent; quiet when everything is present).
+    /// Install what every command needs (idempotent; quiet when everything is present).
     Setup,
     /// Build the XDP object (Debian's rustc) and the `exfw` binary (rustup's stable), release.
+    /// Needs no root once the toolchain is installed.
     Build,
-    /// Check formatting and lints, build the binaries and the Debian package, then run every
-    /// test as root (unit, BPF_PROG_TEST_RUN, network namespaces, the daemon, packaging).
+    /// Check formatting (both workspaces) and clippy with warnings denied. Needs no root.
+    Lint,
+    /// Run the tests: by default lint, the unit tests and, as root, the integration suites.
     Test {
-        /// Arguments passed to `cargo test` after `--`.
+        /// Which part.
+        #[arg(value_enum, default_value = "all")]
+        part: TestPart,
+        /// Arguments passed to the test binaries after `--`.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -111,15 +156,35 @@ enum Cmd {
     },
 }
 
+impl Cmd {
+    /// What the command needs installed.
+    fn needs(&self) -> Vec<Need> {
+        use Need::*;
+        match self {
+            Cmd::Setup => Need::ALL.to_vec(),
+            Cmd::Build | Cmd::Lint => vec![Toolchain],
+            Cmd::Test { part, .. } => match part {
+                TestPart::Unit => vec![Toolchain],
+                TestPart::All | TestPart::Integration => vec![Toolchain, Packaging, Kernel, Lab],
+            },
+            Cmd::Bench | Cmd::Soak { .. } => vec![Toolchain, Kernel],
+            Cmd::Fuzz { .. } => vec![Toolchain],
+            Cmd::VmTest { .. } => vec![Toolchain, Kernel, Vm],
+            Cmd::Lab { .. } => vec![Toolchain, Kernel, Lab],
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     env::set_current_dir(&root)?;
-    setup()?;
+    setup(&cli.command.needs())?;
     match cli.command {
         Cmd::Setup => Ok(()),
         Cmd::Build => build(),
-        Cmd::Test { args } => test(&args),
+        Cmd::Lint => lint(),
+        Cmd::Test { part, args } => test(part, &args),
         Cmd::Bench => bench(),
         Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
         Cmd::Soak { minutes } => soak(minutes),
@@ -166,10 +231,12 @@ fn cargo_bin() -> PathBuf {
         .join("bin")
 }
 
-/// Installs missing Debian packages and bpf-linker, and mounts bpffs.
-fn setup() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+/// Installs what `needs` asks for that is missing: Debian packages (as root), bpf-linker and
+/// cargo-deb (into ~/.cargo/bin), and mounts bpffs.
+fn setup(needs: &[Need]) -> Result<()> {
+    let missing: Vec<&str> = needs
         .iter()
+        .flat_map(|n| n.packages())
         .copied()
         .filter(|pkg| {
             let out = Command::new("dpkg-query")
@@ -181,7 +248,9 @@ fn setup() -> Result<()> {
         .collect();
     if !missing.is_empty() {
         if !is_root() {
-            bail!("missing Debian packages {missing:?}: run `cargo xtask setup` as root");
+            bail!(
+                "missing Debian packages {missing:?}: run this command as root once, or `sudo cargo xtask setup`"
+            );
         }
         eprintln!("xtask setup: installing {}", missing.join(" "));
         run(Command::new("apt-get").args(["update", "-qq"]))?;
@@ -190,70 +259,81 @@ fn setup() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    if needs.contains(&Need::Toolchain) {
+        install_bpf_linker()?;
+    }
+    if needs.contains(&Need::Packaging) {
+        install_cargo_deb()?;
+    }
+    if needs.contains(&Need::Kernel) && is_root() {
+        mount_bpffs()?;
+    }
+    Ok(())
+}
+
+fn install_bpf_linker() -> Result<()> {
     let linker = cargo_bin().join("bpf-linker");
     let have = Command::new(&linker)
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    if !have
+    if have
         .as_deref()
         .is_ok_and(|v| v.contains(BPF_LINKER_VERSION))
     {
-        eprintln!(
-            "xtask setup: building bpf-linker {BPF_LINKER_VERSION} against llvm-22 (about 90 s)"
-        );
-        run(Command::new("cargo")
-            .args([
-                "install",
-                "--quiet",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-            ])
-            .args(["--no-default-features", "--features", "llvm-22"])
-            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+        return Ok(());
     }
+    eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against llvm-22 (about 90 s)");
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "--quiet",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+}
+
+fn install_cargo_deb() -> Result<()> {
     let deb = Command::new("cargo")
         .args(["deb", "--version"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    if !deb.as_deref().is_ok_and(|v| v.contains(CARGO_DEB_VERSION)) {
-        eprintln!("xtask setup: installing cargo-deb {CARGO_DEB_VERSION}");
-        run(Command::new("cargo").args([
-            "install",
-            "--quiet",
-            "--locked",
-            "cargo-deb",
-            "--version",
-            CARGO_DEB_VERSION,
-        ]))?;
+    if deb.as_deref().is_ok_and(|v| v.contains(CARGO_DEB_VERSION)) {
+        return Ok(());
     }
+    eprintln!("xtask setup: installing cargo-deb {CARGO_DEB_VERSION}");
+    run(Command::new("cargo").args([
+        "install",
+        "--quiet",
+        "--locked",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
+}
+
+fn mount_bpffs() -> Result<()> {
     let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if !mounts
+    if mounts
         .lines()
         .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
-        && is_root()
     {
-        eprintln!("xtask setup: mounting bpffs on /sys/fs/bpf");
-        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+        return Ok(());
     }
-    Ok(())
+    eprintln!("xtask setup: mounting bpffs on /sys/fs/bpf");
+    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
 }
 
 fn build() -> Result<()> {
     run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "exfw-daemon"]))?;
-    eprintln!(
-        "built target/release/exfw (XDP object: target/ebpf/bpfel-unknown-none/release/exfw)"
-    );
+    eprintln!("built target/release/exfw (the XDP object is embedded in it)");
     Ok(())
 }
 
-fn test(args: &[String]) -> Result<()> {
-    if !is_root() {
-        bail!(
-            "the tests load BPF programs and create network namespaces: run `cargo xtask test` as root"
-        );
-    }
+fn lint() -> Result<()> {
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
     run(Command::new("cargo").args([
         "fmt",
@@ -270,16 +350,39 @@ fn test(args: &[String]) -> Result<()> {
         "--",
         "-D",
         "warnings",
-    ]))?;
-    // The daemon tests run the `exfw` binary itself, and the packaging test reads the .deb.
-    run(Command::new("cargo").args(["build", "--locked", "--workspace", "--bins"]))?;
-    run(Command::new("cargo")
-        .args(["deb", "--locked", "-p", "exfw-daemon"])
-        .stdout(Stdio::null()))?;
-    run(Command::new("cargo")
-        .args(["test", "--locked", "--workspace"])
-        .arg("--")
-        .args(args))
+    ]))
+}
+
+fn test(part: TestPart, args: &[String]) -> Result<()> {
+    if part != TestPart::Unit && !is_root() {
+        bail!(
+            "the integration suites load BPF programs and create network namespaces: run `cargo xtask test` as root (`cargo xtask lint` and `cargo xtask test unit` need no root)"
+        );
+    }
+    if part == TestPart::All {
+        lint()?;
+    }
+    if part != TestPart::Integration {
+        // What a plain `cargo test` runs: the privileged suites report themselves ignored.
+        run(Command::new("cargo")
+            .args(["test", "--locked", "--workspace"])
+            .arg("--")
+            .args(args))?;
+    }
+    if part != TestPart::Unit {
+        // The daemon tests run the `exfw` binary itself, and the packaging test reads the .deb.
+        run(Command::new("cargo").args(["build", "--locked", "--workspace", "--bins"]))?;
+        run(Command::new("cargo")
+            .args(["deb", "--locked", "-p", "exfw-daemon"])
+            .stdout(Stdio::null()))?;
+        run(Command::new("cargo")
+            .args(["test", "--locked", "--workspace"])
+            // The privileged suites, which a plain `cargo test` lists as ignored; a missing
+            // privilege or kernel feature fails them here.
+            .args(["--", "--ignored"])
+            .args(args))?;
+    }
+    Ok(())
 }
 
 fn lab(config: &str, duration: u64, keep: bool) -> Result<()> {

@@ -2,7 +2,7 @@
 //!
 //! Kernels come from Debian's archive through a private apt configuration (the machine's own
 //! sources stay untouched) and are cached under target/vm/. The initramfs holds busybox, `ip`,
-//! the test executables and the shared libraries they link, the kernel's veth module, and an init
+//! the `kernel` test harness and the shared libraries it links, the kernel's veth module, and an init
 //! that runs the suites and prints a result line the host reads from the serial console.
 
 use std::{
@@ -43,8 +43,10 @@ pub const KERNELS: [Kernel; 3] = [
     },
 ];
 
-/// The suites run inside each VM (test executables of the exfw-tests crate): BPF_PROG_TEST_RUN
-/// differential, real traffic through namespaces in driver and skb mode, and pin-and-restart.
+/// The test executable run inside each VM: exfw-tests' `kernel` harness.
+const HARNESS: &str = "kernel";
+/// Its modules run inside each VM: BPF_PROG_TEST_RUN differential, real traffic through
+/// namespaces in driver and skb mode, pin-and-restart, and the attacks.
 const SUITES: [&str; 4] = ["differential", "netns", "pinning", "attacks"];
 /// How long one VM may take before it is killed.
 const VM_TIMEOUT: Duration = Duration::from_secs(900);
@@ -133,46 +135,34 @@ fn fetch_kernel(kernel: Kernel) -> Result<PathBuf> {
     Ok(root)
 }
 
-/// Builds the test executables and returns their paths by suite name.
-fn test_executables() -> Result<Vec<(String, PathBuf)>> {
-    let mut cmd = Command::new("cargo");
-    cmd.args([
-        "test",
-        "--locked",
-        "--no-run",
-        "--message-format=json",
-        "-p",
-        "exfw-tests",
-    ]);
-    for suite in SUITES {
-        cmd.args(["--test", suite]);
-    }
-    let out = cmd.stderr(Stdio::inherit()).output()?;
+/// Builds the `kernel` test harness and returns its path.
+fn test_executable() -> Result<PathBuf> {
+    let out = Command::new("cargo")
+        .args([
+            "test",
+            "--locked",
+            "--no-run",
+            "--message-format=json",
+            "-p",
+            "exfw-tests",
+            "--test",
+            HARNESS,
+        ])
+        .stderr(Stdio::inherit())
+        .output()?;
     if !out.status.success() {
-        bail!("building the test executables failed");
+        bail!("building the test harness failed");
     }
-    let mut found = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if msg["reason"] == "compiler-artifact" && msg["profile"]["test"] == true {
-            let name = msg["target"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            if let Some(exe) = msg["executable"]
-                .as_str()
-                .filter(|_| SUITES.contains(&name.as_str()))
-            {
-                found.push((name, PathBuf::from(exe)));
-            }
-        }
-    }
-    if found.len() != SUITES.len() {
-        bail!("expected test executables for {SUITES:?}, found {found:?}");
-    }
-    Ok(found)
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|msg| {
+            msg["reason"] == "compiler-artifact"
+                && msg["profile"]["test"] == true
+                && msg["target"]["name"] == HARNESS
+        })
+        .and_then(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo built no `{HARNESS}` test executable"))
 }
 
 /// The shared libraries (and loader) an executable needs, as ldd resolves them on the host.
@@ -212,21 +202,16 @@ ip link set lo up
 export EXFW_DIFF_PACKETS=120000 EXFW_FLOOD_FRAMES=100000
 echo "EXFW-VM kernel $(uname -r)"
 result=pass
-for t in /tests/*; do
-    name=$(basename "$t")
+for name in $(cat /tests/suites); do
     echo "EXFW-VM suite $name starting"
-    if "$t" --test-threads=1; then echo "EXFW-VM suite $name passed"; else echo "EXFW-VM suite $name FAILED"; result=fail; fi
+    if /tests/kernel --test-threads=1 --ignored "$name::"; then echo "EXFW-VM suite $name passed"; else echo "EXFW-VM suite $name FAILED"; result=fail; fi
 done
 echo "EXFW-VM-RESULT $result"
 poweroff -f
 "#;
 
 /// Builds target/vm/initramfs-KERNEL.cpio.gz for the unpacked kernel at `kernel_root`.
-fn initramfs(
-    kernel: Kernel,
-    kernel_root: &Path,
-    executables: &[(String, PathBuf)],
-) -> Result<PathBuf> {
+fn initramfs(kernel: Kernel, kernel_root: &Path, harness: &Path) -> Result<PathBuf> {
     let root = vm_dir().join(format!("initramfs-{}", kernel.name));
     if root.exists() {
         std::fs::remove_dir_all(&root)?;
@@ -249,10 +234,9 @@ fn initramfs(
     let mut needed: BTreeSet<PathBuf> = libraries(&ip)?;
     copy_into(&root, &ip)?;
     std::fs::copy(&ip, root.join("sbin/ip"))?;
-    for (name, exe) in executables {
-        std::fs::copy(exe, root.join("tests").join(name))?;
-        needed.extend(libraries(exe)?);
-    }
+    std::fs::copy(harness, root.join("tests").join(HARNESS))?;
+    std::fs::write(root.join("tests/suites"), SUITES.join("\n") + "\n")?;
+    needed.extend(libraries(harness)?);
     for lib in needed {
         copy_into(&root, &lib)?;
     }
@@ -406,11 +390,11 @@ pub fn vm_test(which: &str) -> Result<()> {
         ],
     };
     std::fs::create_dir_all(vm_dir())?;
-    let executables = test_executables()?;
+    let harness = test_executable()?;
     let mut summary = Vec::new();
     for kernel in kernels {
         let root = fetch_kernel(kernel)?;
-        let initrd = initramfs(kernel, &root, &executables)?;
+        let initrd = initramfs(kernel, &root, &harness)?;
         let mut run = boot(kernel, &root, &initrd)?;
         if !run.init_started {
             // The kernel died before init, so before any test: a fault of the emulated boot,

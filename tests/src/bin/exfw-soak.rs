@@ -129,7 +129,7 @@ fn main() -> ExitCode {
                     }
                     tally.in_flight.fetch_add(1, Ordering::AcqRel);
                     let wait = if allowed { ALLOWED_WAIT } else { DENIED_WAIT };
-                    let connected = std::net::TcpStream::connect_timeout(&dst, wait).is_ok();
+                    let connected = exfw_tests::netns::connect_here(None, dst, wait).is_ok();
                     tally.in_flight.fetch_sub(1, Ordering::AcqRel);
                     // A result that straddles a pause (the link being re-created) says nothing.
                     if paused.load(Ordering::Acquire) {

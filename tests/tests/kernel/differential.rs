@@ -14,7 +14,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use exfw_daemon::{
     dataplane::{Dataplane, LoadOptions},
-    policy::{Accepts, Class, Interface, Policy, Reason, Reference, Timeouts},
+    policy::{Accepts, Interface, Policy, Reason, Reference, Timeouts},
 };
 use exfw_tests::{
     differential::Pair,
@@ -157,6 +157,7 @@ fn second(rng: &mut StdRng, topology: &Topology) -> Policy {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn kernel_agrees_with_reference_classifier() {
     require_root();
     let seed = seed();
@@ -276,17 +277,4 @@ fn kernel_agrees_with_reference_classifier() {
         missing.is_empty(),
         "reasons that never occurred: {missing:?}"
     );
-}
-
-/// The policies of this file reach every class kind the compiler makes (a guard against the
-/// generator drifting away from what matters).
-#[test]
-fn generated_policies_hold_local_and_untrusted_classes() {
-    let mut rng = StdRng::seed_from_u64(seed());
-    let topology = Topology::routed(&INTERFACES);
-    let classes: Vec<Class> = (0..200)
-        .flat_map(|_| generate::policy(&mut rng, &topology).classes)
-        .collect();
-    assert!(classes.iter().any(|c| c.local));
-    assert!(classes.iter().any(|c| !c.trusted && c.protected));
 }

@@ -32,6 +32,7 @@ const NEITHER: u16 = 5004;
 const RELOADS: usize = 200;
 
 #[test]
+#[ignore = "needs root, the exfw binary and its package: cargo xtask test runs it"]
 fn reloads_under_traffic_lose_nothing() {
     require_root();
     let scratch = Scratch::new("reload");
@@ -151,6 +152,7 @@ fn reloads_under_traffic_lose_nothing() {
 }
 
 #[test]
+#[ignore = "needs root, the exfw binary and its package: cargo xtask test runs it"]
 fn series_stay_bounded_when_every_port_is_probed() {
     require_root();
     let scratch = Scratch::new("series");

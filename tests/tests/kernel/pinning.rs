@@ -2,7 +2,7 @@
 //! load adopts the maps (generation, counters) and replaces the program through the pinned link,
 //! a second holder is refused, and removing the pins detaches everything.
 
-use std::{collections::BTreeSet, io::ErrorKind, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeSet, path::PathBuf};
 
 use exfw_common::{Reason, Verdict, map_names, proto};
 use exfw_daemon::{
@@ -10,7 +10,6 @@ use exfw_daemon::{
     policy::{Accepts, Class, Interface, Policy, PortRange, Rule},
 };
 use exfw_tests::{netns::Topology, require_root};
-use socket2::{Domain, Socket, Type};
 
 /// Removes the test's pin directory however the test ends.
 struct PinDir(PathBuf);
@@ -59,18 +58,11 @@ fn policy() -> Policy {
 }
 
 fn connects(net: &Topology, port: u16) -> bool {
-    let dst: SocketAddr = format!("192.0.2.2:{port}").parse().unwrap();
-    net.outside.run(|| {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        match socket.connect_timeout(&dst.into(), Duration::from_millis(1200)) {
-            Ok(()) => true,
-            Err(e) if e.kind() == ErrorKind::TimedOut => false,
-            Err(e) => panic!("connect {dst}: {e}"),
-        }
-    })
+    exfw_tests::daemon::connects(&net.outside, port)
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn pinned_enforcement_outlives_the_loader_and_is_adopted() {
     require_root();
     let dir = PinDir(PathBuf::from(format!(

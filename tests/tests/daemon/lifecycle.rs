@@ -40,6 +40,7 @@ fn status_json(gateway: &Namespace, pins: &Path) -> serde_json::Value {
 }
 
 #[test]
+#[ignore = "needs root, the exfw binary and its package: cargo xtask test runs it"]
 fn daemon_lifecycle() {
     require_root();
     let cleanup = Scratch::new("dtest");
@@ -273,6 +274,7 @@ fn daemon_lifecycle() {
 /// A per-role drop series keeps its meaning when a reload adds a class before it (which
 /// shifts the compiled class ids) and when it removes that class again.
 #[test]
+#[ignore = "needs root, the exfw binary and its package: cargo xtask test runs it"]
 fn per_role_drop_series_keep_their_meaning_across_reloads() {
     require_root();
     let cleanup = Scratch::new("dclass");
@@ -345,7 +347,7 @@ fn per_role_drop_series_keep_their_meaning_across_reloads() {
     // The new role counts its own drops.
     let cas: std::net::SocketAddr = "192.0.2.3:3389".parse().unwrap();
     assert_eq!(
-        exfw_tests::netns::tcp_connect(&net.outside, None, cas, Duration::from_millis(1500)).err(),
+        exfw_tests::netns::tcp_connect(&net.outside, None, cas).err(),
         Some(std::io::ErrorKind::TimedOut)
     );
     assert!(series("cas").is_some_and(|n| n >= 1.0));
@@ -362,6 +364,7 @@ fn per_role_drop_series_keep_their_meaning_across_reloads() {
 /// its pin, as a flood of distinct keys would) is logged by the XDP program and appears in
 /// exfw's log under that target, beside the counter that moved.
 #[test]
+#[ignore = "needs root, the exfw binary and its package: cargo xtask test runs it"]
 fn a_kernel_diagnostic_reaches_the_daemon_log() {
     use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
     use exfw_common::{Counter, DropKey, Verdict, map_names, proto};

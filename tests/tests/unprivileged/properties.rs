@@ -4,11 +4,11 @@ use std::net::IpAddr;
 
 use exfw_common::{Reason, Verdict, proto};
 use exfw_daemon::policy::{
-    compile,
+    Class, compile,
     export::{ExplainFormat, ExplainRow, explain, nftables, proto_name, render_explain},
     probe,
 };
-use exfw_tests::generate;
+use exfw_tests::generate::{self, Topology};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 
@@ -88,4 +88,17 @@ proptest! {
         prop_assert_eq!(render_explain(&a, ExplainFormat::Json), render_explain(&b, ExplainFormat::Json));
         prop_assert_eq!(nftables(&a, "x"), nftables(&b, "x"));
     }
+}
+
+/// The differential suite's generator covers the gateway's own class and protected classes
+/// that are not trusted (else those paths would go untested in the kernel).
+#[test]
+fn generated_policies_hold_local_and_untrusted_classes() {
+    let mut rng = StdRng::seed_from_u64(0x00e7_f3a1);
+    let topology = Topology::routed(&["v0", "v1", "v2"]);
+    let classes: Vec<Class> = (0..200)
+        .flat_map(|_| generate::policy(&mut rng, &topology).classes)
+        .collect();
+    assert!(classes.iter().any(|c| c.local));
+    assert!(classes.iter().any(|c| !c.trusted && c.protected));
 }

@@ -3,10 +3,8 @@
 //! attached to the same gateway is held to the same answers.
 
 use std::{
-    io::ErrorKind,
     net::{IpAddr, SocketAddr, TcpListener},
     path::Path,
-    time::Duration,
 };
 
 use exfw_common::{Verdict, proto};
@@ -15,25 +13,15 @@ use exfw_daemon::{
     dataplane::{AttachMode, Dataplane, LoadOptions},
     policy::{Reference, Routes, compile, export::nftables, probe},
 };
-use exfw_tests::{netns::Topology, require_root};
-use socket2::{Domain, Socket, Type};
+use exfw_tests::{
+    netns::{Topology, tcp_connects},
+    require_root,
+};
 
 const PORTS: [u16; 12] = [25, 80, 110, 143, 389, 443, 445, 587, 993, 2525, 3389, 50636];
 
 /// (source, destination, port) and whether exfw says it passes.
 type Case = (IpAddr, IpAddr, u16, bool);
-
-fn connect(ns: &exfw_tests::netns::Namespace, src: IpAddr, dst: SocketAddr) -> bool {
-    ns.run(|| {
-        let socket = Socket::new(Domain::for_address(dst), Type::STREAM, None).unwrap();
-        socket.bind(&SocketAddr::new(src, 0).into()).unwrap();
-        match socket.connect_timeout(&dst.into(), Duration::from_millis(1200)) {
-            Ok(()) => true,
-            Err(e) if e.kind() == ErrorKind::TimedOut => false,
-            Err(e) => panic!("{src} -> {dst}: unexpected {e}"),
-        }
-    })
-}
 
 /// Runs every case at once; returns the cases whose outcome differs from exfw's verdict.
 fn mismatches(net: &Topology, cases: &[Case], outbound: &[(IpAddr, IpAddr, u16)]) -> Vec<String> {
@@ -47,7 +35,11 @@ fn mismatches(net: &Topology, cases: &[Case], outbound: &[(IpAddr, IpAddr, u16)]
                     &net.outside
                 };
                 s.spawn(move || {
-                    let connected = connect(ns, src, SocketAddr::new(dst, port));
+                    let connected = tcp_connects(
+                        ns,
+                        Some(SocketAddr::new(src, 0)),
+                        SocketAddr::new(dst, port),
+                    );
                     (connected != pass).then(|| {
                         format!(
                             "{src} -> {dst}:{port}: exfw says {}, connection {}",
@@ -66,6 +58,7 @@ fn mismatches(net: &Topology, cases: &[Case], outbound: &[(IpAddr, IpAddr, u16)]
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn nftables_export_and_xdp_match_simulate_on_real_connections() {
     require_root();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/exchange2016-edge.toml");

@@ -19,7 +19,7 @@
 use std::{
     collections::BTreeSet,
     io::ErrorKind,
-    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    net::{SocketAddr, TcpListener, UdpSocket},
     time::{Duration, Instant},
 };
 
@@ -29,14 +29,12 @@ use exfw_daemon::{
     policy::{Accepts, Class, Interface, Policy, PortRange, Rule},
 };
 use exfw_tests::{
-    netns::{Namespace, Topology, remove_stale},
+    netns::{Namespace, Topology, remove_stale, tcp_connect},
     packet::{L4, Spec, build},
     require_root,
 };
-use socket2::{Domain, Socket, Type};
 
 const CAS: u16 = 1;
-const BLOCKED_WAIT: Duration = Duration::from_millis(1500);
 
 fn policy() -> Policy {
     let nets = |list: &[&str]| list.iter().map(|n| n.parse().unwrap()).collect();
@@ -143,15 +141,8 @@ impl Lab {
 
     /// Connects from `src` (an outside address) to `dst`; the error kind on failure.
     fn connect(&self, src: &str, dst: &str) -> Result<(), ErrorKind> {
-        let src: IpAddr = src.parse().unwrap();
-        let dst: SocketAddr = dst.parse().unwrap();
-        self.net.outside.run(|| {
-            let socket = Socket::new(Domain::for_address(dst), Type::STREAM, None).unwrap();
-            socket.bind(&SocketAddr::new(src, 0).into()).unwrap();
-            socket
-                .connect_timeout(&dst.into(), BLOCKED_WAIT)
-                .map_err(|e| e.kind())
-        })
+        let src = SocketAddr::new(src.parse().unwrap(), 0);
+        tcp_connect(&self.net.outside, Some(src), dst.parse().unwrap()).map(drop)
     }
 
     /// Policy drops to the CAS counted under `port` (or under "other" when no rule names it).
@@ -346,16 +337,19 @@ fn tagged_syn(tags: &[(u16, u16)], dport: u16) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn driver_mode_enforces_real_traffic() {
     check_real_traffic(AttachMode::Driver, AttachedMode::Driver);
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn skb_mode_enforces_real_traffic() {
     check_real_traffic(AttachMode::Skb, AttachedMode::Skb);
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn auto_mode_falls_back_to_skb_where_the_driver_refuses() {
     require_root();
     remove_stale();
