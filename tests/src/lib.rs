@@ -1,11 +1,10 @@
-//! Helpers shared by exfw's integration tests and benchmarks: frame building, random policies
-//! and traffic, network namespaces.
+//! Helpers shared by exfw's integration tests, the lab and the benchmarks: frame building,
+//! random policies and traffic, network namespaces, the daemon as a process.
 
 pub mod daemon;
 pub mod differential;
 pub mod fuzz;
 pub mod generate;
-pub mod lab;
 pub mod netns;
 pub mod packet;
 

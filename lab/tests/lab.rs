@@ -4,7 +4,7 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use exfw_tests::lab::{Lab, Options, print_table};
+use exfw_lab::{Lab, Options, print_table};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
@@ -150,7 +150,7 @@ fn fleet_alert_rules_pass_their_unit_tests() {
 /// One lab at a time: two would share the machine's two cores and its connect timeouts.
 static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn run_example(example: &str) -> (Lab, Vec<exfw_tests::lab::Row>) {
+fn run_example(example: &str) -> (Lab, Vec<exfw_lab::Row>) {
     let options = Options {
         config: repo().join("examples").join(example),
         duration: Duration::ZERO,

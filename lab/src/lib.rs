@@ -47,7 +47,7 @@ use exfw_daemon::{
 };
 use ipnet::IpNet;
 
-use crate::{
+use exfw_tests::{
     daemon::{Daemon, http_get, wait_until},
     netns::{CONNECT_WAIT, Namespace, connect_here, sh, tcp_connect},
 };
@@ -439,8 +439,8 @@ fn plan(cfg: &config::Config, shape: &Shape) -> anyhow::Result<Plan> {
 impl Lab {
     /// Builds the namespaces, starts the servers, exfw and Prometheus, and waits for each.
     pub fn start(options: &Options) -> anyhow::Result<Lab> {
-        crate::require_root();
-        crate::netns::remove_stale();
+        exfw_tests::require_root();
+        exfw_tests::netns::remove_stale();
         // One directory and pin directory per lab, should a process run several.
         static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let id = format!(
@@ -1799,7 +1799,9 @@ impl Lab {
         let (IpAddr::V4(s), IpAddr::V4(d)) = (ip(src), ip(dst)) else {
             unreachable!("the lab forges IPv4")
         };
-        if sniffer.saw(CONNECT_WAIT, |f| crate::netns::is_tcp_syn(f, s, d, dport)) {
+        if sniffer.saw(CONNECT_WAIT, |f| {
+            exfw_tests::netns::is_tcp_syn(f, s, d, dport)
+        }) {
             Seen {
                 passed: true,
                 detail: "reached the target".into(),

@@ -12,7 +12,7 @@ use std::{
 };
 
 use clap::Parser;
-use exfw_tests::lab::{Lab, Options, print_table};
+use exfw_lab::{Lab, Options, print_table};
 
 /// The exfw lab: an Exchange organisation in network namespaces behind a real exfw gateway.
 #[derive(Parser)]
