@@ -24,7 +24,7 @@ enum Need {
     Toolchain,
     /// The Debian package (cargo-deb), for the packaging tests.
     Packaging,
-    /// Loading XDP programs, network namespaces and nftables; mounts bpffs.
+    /// Loading XDP programs, network namespaces, nftables and ping; mounts bpffs.
     Kernel,
     /// The lab's servers and clients, and Prometheus (promtool).
     Lab,
@@ -54,7 +54,14 @@ impl Need {
                 "libzstd-dev",
             ],
             Need::Packaging => &[],
-            Need::Kernel => &["iproute2", "ethtool", "bpftool", "nftables"],
+            // busybox-static: the tests' ping (and the VMs' userland).
+            Need::Kernel => &[
+                "iproute2",
+                "ethtool",
+                "bpftool",
+                "nftables",
+                "busybox-static",
+            ],
             Need::Lab => &[
                 "prometheus",
                 "nginx-light",
@@ -67,7 +74,7 @@ impl Need {
                 "bind9-dnsutils",
                 "openssl",
             ],
-            Need::Vm => &["qemu-system-x86", "busybox-static", "cpio"],
+            Need::Vm => &["qemu-system-x86", "cpio"],
         }
     }
 }

@@ -1,7 +1,8 @@
-//! The real `exfw run` on a namespace gateway, told as an operator's day: a start that fails
-//! changes nothing; a start; a second daemon refused; a bad reload keeps the policy; an edited
-//! file reloads; kill -9 keeps enforcing; a restart adopts the pinned state and replaces the
-//! program through the pinned links; SIGTERM; `exfw detach`.
+//! The real `exfw run` on a namespace gateway, an operator's day in small tests: a start that
+//! fails changes nothing; a start enforces and counts, and a second daemon is refused; a bad
+//! reload keeps the policy and an edited file reloads; kill -9 keeps enforcing and a restart
+//! adopts the pinned state, replacing the program through the pinned links; SIGTERM leaves the
+//! policy and `exfw detach` removes it.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -39,37 +40,40 @@ fn status_json(gateway: &Namespace, pins: &Path) -> serde_json::Value {
     serde_json::from_str(&exfw_status(gateway, pins, true)).unwrap()
 }
 
+/// A gateway namespace with exfw's config written and a Mailbox server behind it listening on
+/// 443 (allowed) and 3389 (denied), in a scratch directory named after `tag`.
+fn gateway(tag: &str) -> (Scratch, Topology, Vec<std::net::TcpListener>) {
+    require_root();
+    let cleanup = Scratch::new(tag);
+    write_config(&cleanup.config(), GATEWAY_CONFIG);
+    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
+    let listeners = net.listen(&[443, 3389]);
+    (cleanup, net, listeners)
+}
+
 #[test]
 #[ignore = "needs root, the exfw binary and its package: cargo xtask test runs it"]
-fn daemon_lifecycle() {
-    require_root();
-    let cleanup = Scratch::new("dtest");
-    let config = cleanup.config();
-    let log = |n: &str| cleanup.log(n);
-    let pins = cleanup.pins.clone();
-    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
-    let _listeners = net.listen(&[443, 3389]);
-
-    // A start that cannot succeed (a config error) exits 1 and changes nothing.
+fn a_start_with_a_config_error_exits_1_and_changes_nothing() {
+    let (cleanup, net, _listeners) = gateway("dfail");
     write_config(
-        &config,
+        &cleanup.config(),
         &GATEWAY_CONFIG.replace("xdp_mode = \"driver\"", "xdp_mode = \"turbo\""),
     );
-    let failed = Daemon::start(&net.gateway, &config, &pins, &log("failed-start"));
-    let (code, text) = failed.exit_and_log(Duration::from_secs(20));
+    let (code, text) = cleanup.start_and_exit(&net.gateway, "failed-start");
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("xdp_mode `turbo` is unknown"), "{text}");
-    assert!(!pins.exists(), "a failed start must not pin anything");
+    assert!(
+        !cleanup.pins.exists(),
+        "a failed start must not pin anything"
+    );
     assert!(connects(&net.outside, 3389), "nothing is enforcing yet");
+}
 
-    // Start.
-    write_config(&config, GATEWAY_CONFIG);
-    let mut daemon = Daemon::start(&net.gateway, &config, &pins, &log("first"));
-    wait_until("/readyz", Duration::from_secs(30), || {
-        assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());
-        http_get(&net.gateway, exfw_tests::daemon::METRICS, "/readyz")
-            .is_some_and(|(s, _)| s == 200)
-    });
+#[test]
+#[ignore = "needs root, the exfw binary and its package: cargo xtask test runs it"]
+fn a_started_daemon_enforces_counts_and_logs_drops_and_a_second_is_refused() {
+    let (cleanup, net, _listeners) = gateway("dstart");
+    let daemon = cleanup.start_ready(&net.gateway, "first");
     assert_eq!(
         http_get(&net.gateway, exfw_tests::daemon::METRICS, "/healthz")
             .unwrap()
@@ -112,7 +116,6 @@ fn daemon_lifecycle() {
         Some(1.0)
     );
     assert_eq!(metric(&body, "exfw_build_info", &[]), Some(1.0));
-    let first_generation = metric(&body, "exfw_policy_generation", &[]).unwrap();
     wait_until("a drop event in the log", Duration::from_secs(10), || {
         daemon.log_text().contains("dropped")
     });
@@ -123,10 +126,18 @@ fn daemon_lifecycle() {
     );
 
     // A second daemon on the same pin path refuses to start.
-    let second = Daemon::start(&net.gateway, &config, &pins, &log("second"));
-    let (code, text) = second.exit_and_log(Duration::from_secs(20));
+    let (code, text) = cleanup.start_and_exit(&net.gateway, "second");
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("another exfw daemon manages"), "{text}");
+}
+
+#[test]
+#[ignore = "needs root, the exfw binary and its package: cargo xtask test runs it"]
+fn a_broken_reload_keeps_the_policy_and_an_edited_file_reloads_by_itself() {
+    let (cleanup, net, _listeners) = gateway("dreload");
+    let config = cleanup.config();
+    let daemon = cleanup.start_ready(&net.gateway, "reload");
+    let first_generation = value(&net.gateway, "exfw_policy_generation", &[]);
 
     // A broken file on SIGHUP: every error logged, the running policy stays.
     write_config(&config, &format!("{GATEWAY_CONFIG}\n[organization.typo]\n"));
@@ -182,6 +193,16 @@ fn daemon_lifecycle() {
     wait_until("the reload back", Duration::from_secs(10), || {
         !connects(&net.outside, 3389)
     });
+}
+
+#[test]
+#[ignore = "needs root, the exfw binary and its package: cargo xtask test runs it"]
+fn enforcement_outlives_kill_9_and_a_broken_start_and_a_restart_adopts_the_pins() {
+    let (cleanup, net, _listeners) = gateway("dkill");
+    let config = cleanup.config();
+    let pins = cleanup.pins.clone();
+    let daemon = cleanup.start_ready(&net.gateway, "first");
+    assert!(!connects(&net.outside, 3389));
     let drops_before_kill = value(
         &net.gateway,
         "exfw_packets_total",
@@ -205,7 +226,7 @@ fn daemon_lifecycle() {
         &config,
         &GATEWAY_CONFIG.replace("exchange = \"2019\"", "exchange = \"2003\""),
     );
-    let broken = Daemon::start(&net.gateway, &config, &pins, &log("broken-restart"));
+    let broken = Daemon::start(&net.gateway, &config, &pins, &cleanup.log("broken-restart"));
     assert_eq!(broken.wait(Duration::from_secs(20)), Some(1));
     assert_eq!(
         status_json(&net.gateway, &pins)["generation"]
@@ -217,12 +238,7 @@ fn daemon_lifecycle() {
 
     // Restart: adopts the pins; the same links now run the new program instance.
     write_config(&config, GATEWAY_CONFIG);
-    let mut daemon = Daemon::start(&net.gateway, &config, &pins, &log("restart"));
-    wait_until("/readyz after restart", Duration::from_secs(30), || {
-        assert!(daemon.alive(), "exfw run exited:\n{}", daemon.log_text());
-        http_get(&net.gateway, exfw_tests::daemon::METRICS, "/readyz")
-            .is_some_and(|(s, _)| s == 200)
-    });
+    let _daemon = cleanup.start_ready(&net.gateway, "restart");
     let probes = prober.finish();
     assert!(probes.rounds >= 3);
     assert_eq!(
@@ -252,6 +268,15 @@ fn daemon_lifecycle() {
         ) > drops_before_kill,
         "drop counters must continue across the restart"
     );
+}
+
+#[test]
+#[ignore = "needs root, the exfw binary and its package: cargo xtask test runs it"]
+fn sigterm_leaves_the_policy_in_force_and_detach_removes_it() {
+    let (cleanup, net, _listeners) = gateway("dstop");
+    let pins = cleanup.pins.clone();
+    let daemon = cleanup.start_ready(&net.gateway, "stop");
+    assert!(!connects(&net.outside, 3389));
 
     // SIGTERM: a clean stop that leaves the policy in force.
     daemon.signal(libc::SIGTERM);
@@ -268,7 +293,6 @@ fn daemon_lifecycle() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("in0, out0"));
     assert!(connects(&net.outside, 3389));
     assert!(!pins.exists());
-    drop(cleanup);
 }
 
 /// A per-role drop series keeps its meaning when a reload adds a class before it (which

@@ -66,12 +66,17 @@ fn without_in0() -> String {
     )
 }
 
+/// The four-server organisation of these tests: the one in [`GATEWAY_CONFIG`] and three more.
+fn four_servers() -> String {
+    format!("{GATEWAY_CONFIG}{}", more_servers(3))
+}
+
 #[test]
 #[ignore = "needs root, the exfw binary and its package: cargo xtask test runs it"]
-fn reloads_never_remove_protection_by_accident() {
+fn reloads_that_would_detach_open_or_unprotect_are_refused() {
     require_root();
     let (scratch, net, _listeners) = gateway("guard");
-    let four_servers = format!("{GATEWAY_CONFIG}{}", more_servers(3));
+    let four_servers = four_servers();
     write_config(&scratch.config(), &four_servers);
     let daemon = scratch.start_ready(&net.gateway, "guard");
     let generation = value(&net.gateway, "exfw_policy_generation", &[]);
@@ -140,12 +145,24 @@ fn reloads_never_remove_protection_by_accident() {
     );
     assert!(connects(&net.outside, 443));
     assert!(!connects(&net.outside, 3389));
+}
 
-    // A restart with that file is held to what the pinned policy protects: refused (exit 3,
-    // not restarted by the unit), the pinned policy stays in force.
+#[test]
+#[ignore = "needs root, the exfw binary and its package: cargo xtask test runs it"]
+fn a_restart_is_held_to_what_the_pinned_policy_protects() {
+    require_root();
+    let (scratch, net, _listeners) = gateway("restart");
+    let four_servers = four_servers();
+    write_config(&scratch.config(), &four_servers);
+    let daemon = scratch.start_ready(&net.gateway, "restart");
+    let cut = four_servers.replacen("accepts = [\"mailbox\"]\n", "", 1);
     daemon.signal(libc::SIGTERM);
     let (code, text) = daemon.exit_and_log(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{text}");
+    // A restart with three of the four servers gone (75 % > the default 50 %) is held to what
+    // the pinned policy protects: refused (exit 3, not restarted by the unit), the pinned
+    // policy stays in force.
+    write_config(&scratch.config(), GATEWAY_CONFIG);
     let (code, text) = scratch.start_and_exit(&net.gateway, "guard-restart");
     assert_eq!(code, Some(3), "{text}");
     assert!(
@@ -163,7 +180,16 @@ fn reloads_never_remove_protection_by_accident() {
     // With the full file it starts, adopting the pinned policy (nothing counts as removed).
     write_config(&scratch.config(), &four_servers);
     let _daemon = scratch.start_ready(&net.gateway, "guard-again");
+}
 
+#[test]
+#[ignore = "needs root, the exfw binary and its package: cargo xtask test runs it"]
+fn a_config_written_slowly_in_place_loads_only_when_complete() {
+    require_root();
+    let (scratch, net, _listeners) = gateway("slow");
+    let four_servers = four_servers();
+    write_config(&scratch.config(), &four_servers);
+    let _daemon = scratch.start_ready(&net.gateway, "slow");
     // Written slowly in place: nothing is loaded until the writer closes the file, then the
     // complete file is (here one that allows the removal explicitly).
     let explicit = format!("{GATEWAY_CONFIG}\n[reload]\nmax_protected_removal_percent = 100\n");
@@ -192,7 +218,15 @@ fn reloads_never_remove_protection_by_accident() {
         || reloads(&net.gateway, "success") == successes + 1.0,
     );
     assert_eq!(reloads(&net.gateway, "failure"), failures);
+}
 
+#[test]
+#[ignore = "needs root, the exfw binary and its package: cargo xtask test runs it"]
+fn detaching_an_interface_lets_a_config_without_it_load() {
+    require_root();
+    let (scratch, net, _listeners) = gateway("detach");
+    write_config(&scratch.config(), GATEWAY_CONFIG);
+    let _daemon = scratch.start_ready(&net.gateway, "detach");
     // The explicit way to remove an interface: exfw detach IFACE while the daemon runs.
     let out = exfw_detach(&scratch.pins, &["in0"]);
     assert!(

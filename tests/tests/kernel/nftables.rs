@@ -1,6 +1,7 @@
 //! `exfw export --format nft` loaded into a gateway namespace gives the same verdicts as exfw's
-//! reference classifier (what `exfw simulate` answers) for real TCP connections; the XDP program
-//! attached to the same gateway is held to the same answers.
+//! reference classifier (what `exfw simulate` answers) for real TCP connections, its input chain
+//! those of the gateway rows; the XDP program attached to the same gateway is held to the same
+//! answers.
 
 use std::{
     net::{IpAddr, SocketAddr, TcpListener},
@@ -57,9 +58,19 @@ fn mismatches(net: &Topology, cases: &[Case], outbound: &[(IpAddr, IpAddr, u16)]
     })
 }
 
-#[test]
-#[ignore = "needs root: cargo xtask test runs it"]
-fn nftables_export_and_xdp_match_simulate_on_real_connections() {
+/// The example's organisation on a gateway with real listeners, and the connections to try:
+/// each (source, destination, port) with what exfw's reference classifier says of it.
+struct Matrix {
+    compiled: exfw_daemon::policy::Compiled,
+    policy: exfw_daemon::policy::Policy,
+    net: Topology,
+    cases: Vec<Case>,
+    outbound: [(IpAddr, IpAddr, u16); 4],
+    passes: usize,
+    _listeners: Vec<TcpListener>,
+}
+
+fn matrix() -> Matrix {
     require_root();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/exchange2016-edge.toml");
     // The example's organisation on this gateway's two links: the Internet, the clients and the
@@ -106,18 +117,18 @@ fn nftables_export_and_xdp_match_simulate_on_real_connections() {
         ],
     );
     // Listeners on every port on both sides (dual-stack sockets).
-    let _inside: Vec<TcpListener> = net.inside.run(|| {
+    let mut listeners: Vec<TcpListener> = net.inside.run(|| {
         PORTS
             .iter()
             .map(|p| TcpListener::bind(format!("[::]:{p}")).unwrap())
             .collect()
     });
-    let _outside: Vec<TcpListener> = net.outside.run(|| {
+    listeners.extend(net.outside.run(|| {
         [25u16, 443]
             .iter()
             .map(|p| TcpListener::bind(format!("[::]:{p}")).unwrap())
-            .collect()
-    });
+            .collect::<Vec<_>>()
+    }));
 
     let inside = |a: IpAddr| {
         a.to_string().starts_with("192.0.2.") || a.to_string().starts_with("2001:db8:21:")
@@ -172,9 +183,31 @@ fn nftables_export_and_xdp_match_simulate_on_real_connections() {
         cases.len()
     );
 
+    Matrix {
+        compiled,
+        policy,
+        net,
+        cases,
+        outbound,
+        passes,
+        _listeners: listeners,
+    }
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn the_nftables_export_matches_simulate_on_real_connections() {
+    let Matrix {
+        compiled,
+        net,
+        cases,
+        outbound,
+        ..
+    } = &matrix();
+    let (cases, outbound) = (cases.as_slice(), outbound.as_slice());
     // Without any firewall, every connection succeeds: the matrix can tell the two apart.
     let open: Vec<Case> = cases.iter().map(|&(s, d, p, _)| (s, d, p, true)).collect();
-    let baseline = mismatches(&net, &open, &outbound);
+    let baseline = mismatches(net, &open, outbound);
     assert!(
         baseline.is_empty(),
         "without a firewall:\n{}",
@@ -183,15 +216,31 @@ fn nftables_export_and_xdp_match_simulate_on_real_connections() {
 
     // nftables.
     let ruleset = std::env::temp_dir().join(format!("exfw-test-{}.nft", std::process::id()));
-    std::fs::write(&ruleset, nftables(&compiled, "exchange2016-edge.toml")).unwrap();
+    std::fs::write(&ruleset, nftables(compiled, "exchange2016-edge.toml")).unwrap();
     net.gateway.exec(&["nft", "-f", ruleset.to_str().unwrap()]);
     let _ = std::fs::remove_file(&ruleset);
-    let nft = mismatches(&net, &cases, &outbound);
+    let nft = mismatches(net, cases, outbound);
     assert!(
         nft.is_empty(),
         "nftables export disagrees with exfw simulate:\n{}",
         nft.join("\n")
     );
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn the_exported_input_chain_lets_only_management_reach_the_gateway() {
+    let Matrix {
+        compiled,
+        policy,
+        net,
+        ..
+    } = &matrix();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let ruleset = std::env::temp_dir().join(format!("exfw-test-input-{}.nft", std::process::id()));
+    std::fs::write(&ruleset, nftables(compiled, "exchange2016-edge.toml")).unwrap();
+    net.gateway.exec(&["nft", "-f", ruleset.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&ruleset);
     // The gateway itself: its input chain lets the administrators' network reach SSH on the
     // gateway's declared address, and nobody else.
     let _ssh = net
@@ -214,7 +263,7 @@ fn nftables_export_and_xdp_match_simulate_on_real_connections() {
         [true, false, false],
         "only the management source may reach the gateway's SSH"
     );
-    let host = mismatches(&net, &host_cases, &[]);
+    let host = mismatches(net, &host_cases, &[]);
     assert!(
         host.is_empty(),
         "the exported input chain disagrees with the gateway rows of exfw explain:\n{}",
@@ -249,15 +298,28 @@ fn nftables_export_and_xdp_match_simulate_on_real_connections() {
     assert!(!pings("198.51.100.7"), "a client pinged the gateway");
     net.gateway
         .exec(&["nft", "delete", "table", "inet", "exfw"]);
+}
 
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn the_xdp_program_matches_simulate_on_real_connections() {
+    let Matrix {
+        policy,
+        net,
+        cases,
+        outbound,
+        passes,
+        ..
+    } = &matrix();
+    let (cases, outbound) = (cases.as_slice(), outbound.as_slice());
     // The XDP program on the same gateway.
     let mut dataplane = Dataplane::load(LoadOptions::default()).unwrap();
     net.gateway.run(|| {
-        dataplane.apply(&policy).unwrap();
+        dataplane.apply(policy).unwrap();
         dataplane.attach("out0", AttachMode::Driver).unwrap();
         dataplane.attach("in0", AttachMode::Driver).unwrap();
     });
-    let xdp = mismatches(&net, &cases, &outbound);
+    let xdp = mismatches(net, cases, outbound);
     assert!(
         xdp.is_empty(),
         "XDP disagrees with exfw simulate:\n{}",
@@ -268,5 +330,4 @@ fn nftables_export_and_xdp_match_simulate_on_real_connections() {
         cases.len(),
         cases.len() - passes
     );
-    drop(dataplane);
 }

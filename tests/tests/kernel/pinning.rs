@@ -1,6 +1,7 @@
 //! Pinned state at the library level: enforcement outlives the process that attached it, a new
 //! load adopts the maps (generation, counters) and replaces the program through the pinned link,
-//! a second holder is refused, and removing the pins detaches everything.
+//! a second holder is refused, an incompatible build's pins are refused or replaced, and
+//! removing the pins detaches everything.
 
 use std::{collections::BTreeSet, path::PathBuf};
 
@@ -61,35 +62,67 @@ fn connects(net: &Topology, port: u16) -> bool {
     exfw_tests::daemon::connects(&net.outside, port)
 }
 
+/// A gateway whose links run a pinned data plane (pins named after `tag`) with [`policy`] in
+/// force, an HTTPS and an RDP listener behind it; returns the loader still holding the pins.
+struct Pinned {
+    net: Topology,
+    _listeners: Vec<std::net::TcpListener>,
+    options: LoadOptions,
+    generation: u32,
+    // Dropped last: the pins go after everything that uses them.
+    dir: PinDir,
+}
+
+impl Pinned {
+    fn new(tag: &str) -> (Pinned, Dataplane) {
+        require_root();
+        let dir = PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/exfw-test-{tag}-{}",
+            std::process::id()
+        )));
+        let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
+        let listeners = net.listen(&[443, 3389]);
+        let options = LoadOptions {
+            pin_dir: Some(dir.0.clone()),
+            ..Default::default()
+        };
+        let mut first = Dataplane::load(options.clone()).expect("load with pins");
+        let generation = net.gateway.run(|| first.apply(&policy()).unwrap());
+        net.gateway.run(|| {
+            assert_eq!(
+                first.attach("out0", AttachMode::Driver).unwrap(),
+                AttachedMode::Driver
+            );
+            assert_eq!(
+                first.attach("in0", AttachMode::Driver).unwrap(),
+                AttachedMode::Driver
+            );
+        });
+        assert!(connects(&net, 443));
+        assert!(!connects(&net, 3389));
+        let pinned = Pinned {
+            net,
+            _listeners: listeners,
+            options,
+            generation,
+            dir,
+        };
+        (pinned, first)
+    }
+}
+
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
 fn pinned_enforcement_outlives_the_loader_and_is_adopted() {
-    require_root();
-    let dir = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/exfw-test-{}",
-        std::process::id()
-    )));
-    let net = Topology::new(&["203.0.113.2/24"], &["192.0.2.2/24"]);
-    let _listeners = net.listen(&[443, 3389]);
-    let options = LoadOptions {
-        pin_dir: Some(dir.0.clone()),
-        ..Default::default()
-    };
-
-    let mut first = Dataplane::load(options.clone()).expect("load with pins");
-    let generation = net.gateway.run(|| first.apply(&policy()).unwrap());
-    net.gateway.run(|| {
-        assert_eq!(
-            first.attach("out0", AttachMode::Driver).unwrap(),
-            AttachedMode::Driver
-        );
-        assert_eq!(
-            first.attach("in0", AttachMode::Driver).unwrap(),
-            AttachedMode::Driver
-        );
-    });
-    assert!(connects(&net, 443));
-    assert!(!connects(&net, 3389));
+    let (pinned, first) = Pinned::new("adopt");
+    let Pinned {
+        net,
+        options,
+        generation,
+        dir,
+        ..
+    } = &pinned;
+    let generation = *generation;
     // A second daemon on the same pin path is refused while the first holds it.
     match Dataplane::load(options.clone()) {
         Err(DataplaneError::Busy(path)) => assert_eq!(path, dir.0),
@@ -102,8 +135,8 @@ fn pinned_enforcement_outlives_the_loader_and_is_adopted() {
     drop(first);
 
     // The process is gone: the pinned links keep enforcing, and status can read the pins.
-    assert!(connects(&net, 443));
-    assert!(!connects(&net, 3389));
+    assert!(connects(net, 443));
+    assert!(!connects(net, 3389));
     let status = Dataplane::open_pinned(&dir.0).expect("open the pinned state");
     assert_eq!(status.policy_state().unwrap().generation, generation);
     assert!(
@@ -140,7 +173,7 @@ fn pinned_enforcement_outlives_the_loader_and_is_adopted() {
             AttachedMode::Driver
         );
     });
-    assert!(!connects(&net, 3389));
+    assert!(!connects(net, 3389));
     assert!(
         second
             .reason_counter(Verdict::Drop, Reason::Policy)
@@ -153,8 +186,16 @@ fn pinned_enforcement_outlives_the_loader_and_is_adopted() {
         net.gateway.run(|| second.apply(&policy()).unwrap()),
         generation + 1
     );
-    drop(second);
+}
 
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn an_incompatible_builds_pins_are_refused_by_readers_and_replaced_by_a_load() {
+    let (pinned, first) = Pinned::new("foreign");
+    drop(first);
+    let Pinned {
+        net, options, dir, ..
+    } = &pinned;
     // State pinned by an older, incompatible build: its drop counters had another key.
     exfw_tests::daemon::pin_foreign_drop_map(&dir.0);
     // A reader refuses it, saying why, rather than overrun its buffers.
@@ -174,15 +215,15 @@ fn pinned_enforcement_outlives_the_loader_and_is_adopted() {
         0,
         "incompatible state must not be adopted"
     );
-    assert!(connects(&net, 443));
-    assert!(!connects(&net, 3389));
+    assert!(connects(net, 443));
+    assert!(!connects(net, 3389));
     net.gateway.run(|| {
         third.apply(&policy()).unwrap();
         third.attach("out0", AttachMode::Driver).unwrap();
         third.attach("in0", AttachMode::Driver).unwrap();
     });
-    assert!(connects(&net, 443));
-    assert!(!connects(&net, 3389));
+    assert!(connects(net, 443));
+    assert!(!connects(net, 3389));
     assert!(
         third
             .reason_counter(Verdict::Drop, Reason::Policy)
@@ -208,10 +249,16 @@ fn pinned_enforcement_outlives_the_loader_and_is_adopted() {
         }
         other => panic!("expected IncompatiblePins, got {:?}", other.err()),
     }
+}
 
-    // Removing the pins detaches everything: the blocked port connects again.
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn removing_the_pins_detaches_everything() {
+    let (pinned, first) = Pinned::new("remove");
+    drop(first);
+    let Pinned { net, dir, .. } = &pinned;
     let detached = dataplane::remove_pinned(&dir.0).unwrap();
     assert_eq!(detached, vec!["in0".to_string(), "out0".to_string()]);
-    assert!(connects(&net, 3389));
+    assert!(connects(net, 3389));
     assert!(!dir.0.exists());
 }
